@@ -1,0 +1,141 @@
+//! The one interface every stage uses to talk to a model, local or remote.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error("cannot load model {path}: {message}")]
+    Load { path: String, message: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error("model computation failed: {0}")]
+    Compute(String),
+    #[error("HTTP backend {url}: {message}")]
+    Http { url: String, message: String },
+    #[error("bad request: {0}")]
+    BadRequest(String),
+}
+
+/// One chat message in the OpenAI layout.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// What the model is asked to continue.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Prompt {
+    /// Chat messages rendered with the model's own chat template. When the last message is
+    /// from the assistant and `continue_final` is set, the model continues that message
+    /// (no end-of-turn after it); otherwise a generation prompt for a new assistant turn is added.
+    Chat {
+        messages: Vec<ChatMessage>,
+        continue_final: bool,
+    },
+    /// Raw text, tokenized as is (BOS added where the model expects one).
+    Text { text: String },
+}
+
+/// Sampling parameters; `n` samples per prompt share the prompt's KV cache on the local engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    /// 0 means no top-k cut.
+    pub top_k: usize,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    pub seed: u64,
+    pub n: usize,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_tokens: 256,
+            stop: Vec::new(),
+            seed: 0,
+            n: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    pub params: SamplingParams,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// End-of-sequence token or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+}
+
+/// One sampled continuation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    /// Generated text, cut before the stop string that ended it (if any).
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub finish_reason: FinishReason,
+}
+
+/// Score option labels after several continuations of one shared prompt.
+///
+/// For each continuation `c`, the model reads `prompt` followed by `c` (appended to the final
+/// assistant message for chat prompts) and returns the next-token distribution restricted to
+/// the first token of each label and renormalised.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChoiceRequest {
+    pub prompt: Prompt,
+    pub continuations: Vec<String>,
+    /// Option labels, e.g. ["A", "B", "C"].
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChoiceScores {
+    /// One distribution over `labels` per continuation; each sums to 1.
+    pub distributions: Vec<Vec<f64>>,
+    /// Per continuation, the labels that had no probability the backend could report (an HTTP
+    /// server whose top logprobs did not include them). Their mass is 0 in `distributions`;
+    /// callers decide whether that is acceptable, it is never hidden.
+    pub missing_labels: Vec<Vec<String>>,
+    /// Prompt tokens read (counting the shared prefix once).
+    pub prompt_tokens: usize,
+}
+
+/// A model a stage can use: the local engine or an OpenAI-compatible server.
+pub trait Backend: Send + Sync {
+    /// A stable identity of the model and its weights (e.g. file name + sha256 prefix, or
+    /// URL + served model name); the run journal keys requests by it.
+    fn model_id(&self) -> String;
+
+    /// Generates `params.n` completions for each request; requests are batched where possible.
+    fn generate(&self, requests: &[GenerateRequest]) -> Result<Vec<Vec<Completion>>, LlmError>;
+
+    /// Scores option labels after each continuation of each request.
+    fn score_choices(&self, requests: &[ChoiceRequest]) -> Result<Vec<ChoiceScores>, LlmError>;
+}

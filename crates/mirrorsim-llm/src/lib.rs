@@ -1,0 +1,11 @@
+//! mirrorsim-llm: everything that talks to a language model.
+//!
+//! Every later stage uses the [`Backend`] interface; the local engine (own decoder on candle)
+//! and the HTTP client (any OpenAI-compatible server) both implement it.
+
+pub mod backend;
+
+pub use backend::{
+    Backend, ChatMessage, ChoiceRequest, ChoiceScores, Completion, FinishReason, GenerateRequest,
+    LlmError, Prompt, SamplingParams,
+};

@@ -1,0 +1,69 @@
+//! The `mirrorsim` command line: a thin layer over the library crates, one subcommand per stage.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mirrorsim",
+    version,
+    about = "Build preference-aligned LLM user simulators from recommender logs",
+    long_about = "mirrorsim turns logged recommendations and choices into listwise choice scenes, \
+                  distils LLM decision rationales, fine-tunes a small LLM on them and serves it as \
+                  a user simulator."
+)]
+struct Cli {
+    /// Log level filter (error, warn, info, debug, trace) or a tracing directive.
+    #[arg(long, global = true, default_value = "info", env = "MIRRORSIM_LOG")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect a dataset as downloaded.
+    #[command(subcommand)]
+    Data(commands::data::DataCommand),
+    /// Build leakage-free listwise choice scenes (train + eval) from a dataset.
+    Scenes(commands::scenes::ScenesArgs),
+    /// Chat with a model once, for a quick manual check.
+    Chat(commands::chat::ChatArgs),
+    /// Serve the local engine as an OpenAI-compatible HTTP server.
+    ServeLlm(commands::serve_llm::ServeLlmArgs),
+    /// Run the demo: the embedded ml-latest-small data and the default SmolLM2 model.
+    Demo(commands::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Data(cmd) => commands::data::run(cmd),
+        Command::Scenes(args) => commands::scenes::run(args),
+        Command::Chat(args) => commands::chat::run(args),
+        Command::ServeLlm(args) => commands::serve_llm::run(args),
+        Command::Demo(args) => commands::demo::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
