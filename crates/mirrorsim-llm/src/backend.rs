@@ -61,6 +61,9 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     pub seed: u64,
     pub n: usize,
+    /// Return this many top log-probabilities per generated token (OpenAI `top_logprobs`);
+    /// `None` returns none.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -73,6 +76,7 @@ impl Default for SamplingParams {
             stop: Vec::new(),
             seed: 0,
             n: 1,
+            logprobs: None,
         }
     }
 }
@@ -100,6 +104,19 @@ pub struct Completion {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub finish_reason: FinishReason,
+    /// Per generated token, when `SamplingParams::logprobs` asked for them.
+    pub logprobs: Option<Vec<TokenLogprobs>>,
+}
+
+/// The log-probability of one generated token and the most likely alternatives at its position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprobs {
+    pub token: String,
+    pub token_id: u32,
+    /// Natural log.
+    pub logprob: f64,
+    /// Most likely tokens at this position, best first: (token text, token id, logprob).
+    pub top: Vec<(String, u32, f64)>,
 }
 
 /// Score option labels after several continuations of one shared prompt.

@@ -7,5 +7,5 @@ pub mod backend;
 
 pub use backend::{
     Backend, ChatMessage, ChoiceRequest, ChoiceScores, Completion, FinishReason, GenerateRequest,
-    LlmError, Prompt, SamplingParams,
+    LlmError, Prompt, SamplingParams, TokenLogprobs,
 };

@@ -1,0 +1,1 @@
+//! mirrorsim-serve: HTTP services over mirrorsim's engine (being written).
