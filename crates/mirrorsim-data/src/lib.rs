@@ -7,6 +7,8 @@ pub mod catalog;
 pub mod error;
 pub mod io;
 pub mod readers;
+pub mod scenes;
+pub mod stats;
 
 pub use catalog::{Catalog, CatalogBuilder, Interaction, Item, ItemIdx, User, UserIdx};
 pub use error::{DataError, ReadOptions, ReadReport};

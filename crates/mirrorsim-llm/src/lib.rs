@@ -4,6 +4,14 @@
 //! and the HTTP client (any OpenAI-compatible server) both implement it.
 
 pub mod backend;
+pub mod chat_template;
+pub mod default_model;
+pub mod engine;
+pub mod gguf;
+pub mod http;
+pub mod model;
+pub mod sampling;
+pub mod tokenizer;
 
 pub use backend::{
     Backend, ChatMessage, ChoiceRequest, ChoiceScores, Completion, FinishReason, GenerateRequest,
