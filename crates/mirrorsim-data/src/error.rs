@@ -78,7 +78,12 @@ impl DataError {
     /// The short reason used as the key when a bad row is skipped instead of failing.
     pub fn skip_reason(&self) -> String {
         match self {
-            DataError::Malformed { field, message, .. } => format!("{field}: {message}"),
+            DataError::Malformed { field, message, .. } => {
+                // A message ending in "(got `VALUE`)" is keyed without the value, so that rows
+                // with the same problem share one reason.
+                let reason = message.split(" (got `").next().unwrap_or(message);
+                format!("{field}: {reason}")
+            }
             DataError::Encoding { expected, .. } => format!("not valid {expected}"),
             other => other.to_string(),
         }

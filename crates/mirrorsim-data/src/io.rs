@@ -45,6 +45,7 @@ pub struct Lines {
     reader: Box<dyn BufRead + Send>,
     encoding: Encoding,
     buf: Vec<u8>,
+    decoded: String,
     line_no: u64,
 }
 
@@ -55,12 +56,18 @@ impl Lines {
             reader: open(path)?,
             encoding,
             buf: Vec::with_capacity(256),
+            decoded: String::new(),
             line_no: 0,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The number of the line returned last (0 before the first).
+    pub fn line_no(&self) -> u64 {
+        self.line_no
     }
 
     /// The next line as (line number, text), or `None` at the end of the file.
@@ -80,6 +87,45 @@ impl Lines {
                 Some(self.decode())
             }
             Err(e) => Some(Err(DataError::io(&self.path, e))),
+        }
+    }
+
+    /// Like [`Lines::next_line`], but borrows the text from an internal buffer instead of
+    /// allocating a `String` per line (for readers of large files).
+    pub fn next_line_ref(&mut self) -> Option<Result<(u64, &str), DataError>> {
+        self.buf.clear();
+        match self.reader.read_until(b'\n', &mut self.buf) {
+            Ok(0) => None,
+            Ok(_) => {
+                self.line_no += 1;
+                if self.buf.last() == Some(&b'\n') {
+                    self.buf.pop();
+                }
+                if self.buf.last() == Some(&b'\r') {
+                    self.buf.pop();
+                }
+                match self.encoding {
+                    Encoding::Latin1 => {
+                        self.decoded.clear();
+                        self.decoded.extend(self.buf.iter().map(|&b| b as char));
+                        Some(Ok((self.line_no, self.decoded.as_str())))
+                    }
+                    Encoding::Utf8 => match std::str::from_utf8(&self.buf) {
+                        Ok(s) => Some(Ok((self.line_no, s.strip_prefix('\u{feff}').unwrap_or(s)))),
+                        Err(_) => Some(Err(self.utf8_error())),
+                    },
+                }
+            }
+            Err(e) => Some(Err(DataError::io(&self.path, e))),
+        }
+    }
+
+    fn utf8_error(&self) -> DataError {
+        DataError::Encoding {
+            path: self.path.clone(),
+            line: self.line_no,
+            expected: "UTF-8",
+            hint: "convert it to UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or use the reader for its original layout",
         }
     }
 
@@ -126,7 +172,15 @@ where
         path: path.to_owned(),
         source: e,
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(err)?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".mirrorsim-").suffix(".tmp");
+    // Temp files are private (0600) by default; the output is an ordinary file a user shares.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    let mut tmp = builder.tempfile_in(&dir).map_err(err)?;
     {
         let mut out = std::io::BufWriter::with_capacity(1 << 16, tmp.as_file_mut());
         write(&mut out).map_err(err)?;
@@ -159,6 +213,29 @@ mod tests {
     }
 
     #[test]
+    fn borrowed_lines_match_owned_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.txt");
+        std::fs::write(&p, b"\xef\xbb\xbfa\r\nb\xe9\n\nc").unwrap();
+        let mut l = Lines::open(&p, Encoding::Latin1).unwrap();
+        assert_eq!(
+            l.next_line_ref().unwrap().unwrap(),
+            (1, "\u{ef}\u{bb}\u{bf}a")
+        );
+        assert_eq!(l.next_line_ref().unwrap().unwrap(), (2, "bé"));
+        assert_eq!(l.line_no(), 2);
+        let mut l = Lines::open(&p, Encoding::Utf8).unwrap();
+        assert_eq!(l.next_line_ref().unwrap().unwrap(), (1, "a"));
+        assert!(matches!(
+            l.next_line_ref().unwrap(),
+            Err(DataError::Encoding { line: 2, .. })
+        ));
+        assert_eq!(l.next_line_ref().unwrap().unwrap(), (3, ""));
+        assert_eq!(l.next_line_ref().unwrap().unwrap(), (4, "c"));
+        assert!(l.next_line_ref().is_none());
+    }
+
+    #[test]
     fn atomic_write_leaves_nothing_on_failure() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("out.jsonl");
@@ -171,5 +248,11 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         write_atomic(&p, |w| w.write_all(b"ok")).unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"ok");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o644);
+        }
     }
 }

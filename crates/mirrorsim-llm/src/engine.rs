@@ -1,1 +1,678 @@
-//! (being written)
+//! The local engine: our decoder, the model's tokenizer and chat template, in-process.
+//!
+//! Generation prefills each distinct prompt once (one row), then decodes all samples of all
+//! requests together: the prompt caches are stacked left-padded into one batch cache (each
+//! prompt's cache repeated for its `n` samples), with a padding mask and per-row positions.
+//! Finished rows are dropped from the batch as it shrinks.
+//!
+//! Choice scoring prefills the shared prefix (the rendered prompt up to the continuation) once,
+//! broadcasts its cache to a batch of continuations (right-padded; a causal mask keeps padding
+//! invisible to real tokens) and reads the label logits at each continuation's last token.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use sha2::{Digest, Sha256};
+
+use crate::backend::{
+    Backend, ChatMessage, ChoiceRequest, ChoiceScores, Completion, FinishReason, GenerateRequest,
+    LlmError, Prompt, SamplingParams, TokenLogprobs,
+};
+use crate::chat_template::ChatTemplate;
+use crate::model::llama::{causal_mask, left_padding_mask};
+use crate::model::{KvCache, Llama, Positions};
+use crate::sampling::{find_stop, log_softmax, restricted_softmax, top_n, Sampler};
+use crate::tokenizer::ModelTokenizer;
+
+/// How the engine runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// CUDA device ordinal; `None` runs on the CPU. Needs the `cuda` feature.
+    pub cuda_device: Option<usize>,
+    /// Most sequences decoded together in one batch.
+    pub max_decode_batch: usize,
+    /// Most continuations run together on top of one shared prefix.
+    pub max_score_batch: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            cuda_device: None,
+            max_decode_batch: 16,
+            max_score_batch: 16,
+        }
+    }
+}
+
+/// The in-process [`Backend`]. Holds no mutable state, so one engine serves many threads.
+pub struct LocalEngine {
+    model: Llama,
+    tokenizer: ModelTokenizer,
+    template: Option<ChatTemplate>,
+    model_id: String,
+    options: EngineOptions,
+}
+
+fn compute(e: candle_core::Error) -> LlmError {
+    LlmError::Compute(e.to_string())
+}
+
+fn load_error(path: &Path, message: impl Into<String>) -> LlmError {
+    LlmError::Load {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+/// File name + the first 16 hex digits of the sha256 of `files` read in order.
+fn fingerprint(name: &str, files: &[std::path::PathBuf]) -> Result<String, LlmError> {
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    for file in files {
+        let mut reader = std::fs::File::open(file).map_err(|e| load_error(file, e.to_string()))?;
+        loop {
+            let read = reader
+                .read(&mut buffer)
+                .map_err(|e| load_error(file, e.to_string()))?;
+            if read == 0 {
+                break;
+            }
+            hasher.update(&buffer[..read]);
+        }
+    }
+    let digest = hasher.finalize();
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{name}@{hex}"))
+}
+
+/// One sequence being decoded.
+struct Row {
+    request: usize,
+    sample: usize,
+    prompt_len: usize,
+    sampler: Sampler,
+    generated: Vec<u32>,
+    logprobs: Vec<TokenLogprobs>,
+    finished: Option<Completion>,
+}
+
+impl LocalEngine {
+    /// Loads a `.gguf` file or an HF model directory (config.json, *.safetensors,
+    /// tokenizer.json, tokenizer_config.json).
+    pub fn load(path: &Path, options: EngineOptions) -> Result<LocalEngine, LlmError> {
+        let device = match options.cuda_device {
+            None => Device::Cpu,
+            Some(ordinal) => Device::new_cuda(ordinal)
+                .map_err(|e| load_error(path, format!("CUDA device {ordinal}: {e}")))?,
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        let (model, tokenizer, template, files) = if path.is_dir() {
+            let model = Llama::load_hf_dir(path, &device)?;
+            let tokenizer = ModelTokenizer::from_file(&path.join("tokenizer.json"))?;
+            let template =
+                ChatTemplate::from_tokenizer_config(&path.join("tokenizer_config.json"))?;
+            let files = crate::model::llama::weight_files(path)?;
+            (model, tokenizer, template, files)
+        } else if path.is_file() {
+            let content = crate::gguf::read_content(path)?;
+            let model = crate::gguf::load_llama(path, &content, &device)?;
+            let tokenizer = ModelTokenizer::from_gguf(&content)?;
+            let template = ChatTemplate::from_gguf(&content)?;
+            (model, tokenizer, template, vec![path.to_path_buf()])
+        } else {
+            return Err(load_error(
+                path,
+                "not found (expected a .gguf file or an HF model directory)",
+            ));
+        };
+        if tokenizer.vocab_size() > model.config.vocab_size {
+            return Err(load_error(
+                path,
+                format!(
+                    "tokenizer has {} tokens but the model's output layer only {}",
+                    tokenizer.vocab_size(),
+                    model.config.vocab_size
+                ),
+            ));
+        }
+        let model_id = fingerprint(&name, &files)?;
+        Ok(LocalEngine {
+            model,
+            tokenizer,
+            template,
+            model_id,
+            options,
+        })
+    }
+
+    pub fn model(&self) -> &Llama {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &ModelTokenizer {
+        &self.tokenizer
+    }
+
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.template.as_ref()
+    }
+
+    fn template(&self) -> Result<&ChatTemplate, LlmError> {
+        self.template.as_ref().ok_or_else(|| {
+            LlmError::Template("the model has no chat template; use a text prompt".to_string())
+        })
+    }
+
+    /// The token ids the model reads for `prompt`.
+    pub fn prompt_tokens(&self, prompt: &Prompt) -> Result<Vec<u32>, LlmError> {
+        match prompt {
+            Prompt::Chat {
+                messages,
+                continue_final,
+            } => {
+                let text = self
+                    .template()?
+                    .render(messages, !continue_final, *continue_final)?;
+                self.tokenizer.encode(&text, false)
+            }
+            Prompt::Text { text } => self.tokenizer.encode(text, self.tokenizer.add_bos_token()),
+        }
+    }
+
+    /// Full-vocabulary logits after each prefix of `tokens`, for checks against references.
+    pub fn logits(&self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, LlmError> {
+        let ids = Tensor::new(tokens, self.model.device())
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(compute)?;
+        let logits = self.model.forward(&ids, false).map_err(compute)?;
+        logits.squeeze(0).and_then(|l| l.to_vec2()).map_err(compute)
+    }
+
+    /// Prefills one prompt; returns its cache and the logits after its last token.
+    fn prefill(
+        &self,
+        tokens: &[u32],
+        extra_capacity: usize,
+    ) -> Result<(KvCache, Vec<f32>), LlmError> {
+        if tokens.is_empty() {
+            return Err(LlmError::BadRequest("the prompt has no tokens".to_string()));
+        }
+        let device = self.model.device();
+        let run = || -> candle_core::Result<(KvCache, Vec<f32>)> {
+            let mut cache = KvCache::new(&self.model, 1, tokens.len() + extra_capacity)?;
+            let ids = Tensor::new(tokens, device)?.unsqueeze(0)?;
+            let mask = if tokens.len() > 1 {
+                Some(causal_mask(tokens.len(), 0, device)?)
+            } else {
+                None
+            };
+            let hidden = self.model.forward_hidden(
+                &ids,
+                Positions::Uniform(0),
+                Some(&mut cache),
+                mask.as_ref(),
+                false,
+            )?;
+            let last = hidden.narrow(1, tokens.len() - 1, 1)?.squeeze(1)?;
+            let logits = self
+                .model
+                .logits_inference(&last)?
+                .squeeze(0)?
+                .to_vec1::<f32>()?;
+            Ok((cache, logits))
+        };
+        run().map_err(compute)
+    }
+
+    fn check_params(params: &SamplingParams) -> Result<(), LlmError> {
+        if params.n == 0 {
+            return Err(LlmError::BadRequest("n must be at least 1".to_string()));
+        }
+        if !(params.top_p > 0.0 && params.top_p <= 1.0) {
+            return Err(LlmError::BadRequest(format!(
+                "top_p must be in (0, 1], got {}",
+                params.top_p
+            )));
+        }
+        if params.temperature.is_nan() || params.temperature < 0.0 {
+            return Err(LlmError::BadRequest(format!(
+                "temperature must be >= 0, got {}",
+                params.temperature
+            )));
+        }
+        Ok(())
+    }
+
+    /// Takes the token sampled for `row` from `logits`; returns true when the row is finished.
+    fn advance_row(
+        &self,
+        row: &mut Row,
+        logits: &[f32],
+        params: &SamplingParams,
+    ) -> Result<bool, LlmError> {
+        let token = row.sampler.sample(logits);
+        let is_eos = self.tokenizer.eos_token_ids().contains(&token);
+        if let Some(top) = params.logprobs {
+            let log_probs = log_softmax(logits);
+            row.logprobs.push(TokenLogprobs {
+                token: self.tokenizer.token_text(token),
+                token_id: token,
+                logprob: log_probs[token as usize],
+                top: top_n(&log_probs, top)
+                    .into_iter()
+                    .map(|(id, lp)| (self.tokenizer.token_text(id), id, lp))
+                    .collect(),
+            });
+        }
+        if is_eos {
+            self.finish(row, FinishReason::Stop, None, params)?;
+            return Ok(true);
+        }
+        row.generated.push(token);
+        if !params.stop.is_empty() {
+            let text = self.tokenizer.decode(&row.generated)?;
+            if let Some(cut) = find_stop(&text, &params.stop) {
+                self.finish(
+                    row,
+                    FinishReason::Stop,
+                    Some(text[..cut].to_string()),
+                    params,
+                )?;
+                return Ok(true);
+            }
+        }
+        if row.generated.len() >= params.max_tokens {
+            self.finish(row, FinishReason::Length, None, params)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn finish(
+        &self,
+        row: &mut Row,
+        reason: FinishReason,
+        text: Option<String>,
+        params: &SamplingParams,
+    ) -> Result<(), LlmError> {
+        let text = match text {
+            Some(text) => text,
+            None => self.tokenizer.decode(&row.generated)?,
+        };
+        row.finished = Some(Completion {
+            text,
+            prompt_tokens: row.prompt_len,
+            completion_tokens: row.generated.len(),
+            finish_reason: reason,
+            logprobs: params.logprobs.map(|_| std::mem::take(&mut row.logprobs)),
+        });
+        Ok(())
+    }
+
+    /// Decodes a group of rows together until all are finished. `first_logits[r]` are the
+    /// logits after row `r`'s prompt; `caches[r]` the index of its prompt cache in `prompt_caches`.
+    fn decode_rows(
+        &self,
+        rows: &mut [Row],
+        first_logits: &[&[f32]],
+        caches: &[usize],
+        prompt_caches: &[KvCache],
+        params: &[&SamplingParams],
+    ) -> Result<(), LlmError> {
+        let mut active: Vec<usize> = Vec::new();
+        for (r, row) in rows.iter_mut().enumerate() {
+            if !self.advance_row(row, first_logits[r], params[r])? {
+                active.push(r);
+            }
+        }
+        if active.is_empty() {
+            return Ok(());
+        }
+        // Consecutive rows of one prompt share its cache, stacked once per row.
+        let mut parts: Vec<(&KvCache, usize)> = Vec::new();
+        let mut last_cache = usize::MAX;
+        for &r in &active {
+            if caches[r] == last_cache {
+                if let Some(part) = parts.last_mut() {
+                    part.1 += 1;
+                }
+            } else {
+                parts.push((&prompt_caches[caches[r]], 1));
+                last_cache = caches[r];
+            }
+        }
+        let most_new = active
+            .iter()
+            .map(|&r| params[r].max_tokens)
+            .max()
+            .unwrap_or(0);
+        let longest = parts.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
+        let (mut cache, mut pads) =
+            KvCache::left_padded(&parts, longest + most_new).map_err(compute)?;
+        let device = self.model.device().clone();
+        while !active.is_empty() {
+            let tokens: Vec<u32> = active
+                .iter()
+                .map(|&r| rows[r].generated.last().copied().unwrap_or(0))
+                .collect();
+            let starts: Vec<usize> = active
+                .iter()
+                .map(|&r| rows[r].prompt_len + rows[r].generated.len() - 1)
+                .collect();
+            let mut step = || -> candle_core::Result<Vec<Vec<f32>>> {
+                let ids = Tensor::new(tokens.as_slice(), &device)?.unsqueeze(1)?;
+                let mask = if pads.iter().any(|&p| p > 0) {
+                    Some(left_padding_mask(&pads, cache.len() + 1, &device)?)
+                } else {
+                    None
+                };
+                let hidden = self.model.forward_hidden(
+                    &ids,
+                    Positions::PerRow(&starts),
+                    Some(&mut cache),
+                    mask.as_ref(),
+                    false,
+                )?;
+                self.model
+                    .logits_inference(&hidden.squeeze(1)?)?
+                    .to_vec2::<f32>()
+            };
+            let logits = step().map_err(compute)?;
+            let mut keep = Vec::with_capacity(active.len());
+            for (slot, &r) in active.iter().enumerate() {
+                if rows[r].finished.is_some() {
+                    continue;
+                }
+                if !self.advance_row(&mut rows[r], &logits[slot], params[r])? {
+                    keep.push(slot);
+                }
+            }
+            if keep.is_empty() {
+                break;
+            }
+            // Finished rows stay in the batch (decoding an ignored token) until dropping them
+            // pays for copying the cache.
+            if keep.len() * 4 <= active.len() * 3 {
+                cache = cache.select_rows(&keep).map_err(compute)?;
+                pads = keep.iter().map(|&slot| pads[slot]).collect();
+                active = keep.iter().map(|&slot| active[slot]).collect();
+            }
+        }
+        Ok(())
+    }
+
+    /// Scores with or without sharing the prompt prefix across continuations (the shared path
+    /// is what [`Backend::score_choices`] uses; the other exists to check and measure it).
+    pub fn score_choices_with(
+        &self,
+        requests: &[ChoiceRequest],
+        share_prefix: bool,
+    ) -> Result<Vec<ChoiceScores>, LlmError> {
+        requests
+            .iter()
+            .map(|request| self.score_one(request, share_prefix))
+            .collect()
+    }
+
+    /// The id of each label as the token that follows `[` (e.g. `[A` → `[`, `A`).
+    pub fn label_token_ids(&self, labels: &[String]) -> Result<Vec<u32>, LlmError> {
+        let bracket = self.tokenizer.encode("[", false)?;
+        labels
+            .iter()
+            .map(|label| {
+                let ids = self.tokenizer.encode(&format!("[{label}"), false)?;
+                if ids.len() == bracket.len() + 1 && ids[..bracket.len()] == bracket[..] {
+                    Ok(ids[bracket.len()])
+                } else {
+                    Err(LlmError::BadRequest(format!(
+                        "label {label:?} is not a single token after \"[\" for this tokenizer \
+                         (\"[{label}\" tokenizes to {ids:?})"
+                    )))
+                }
+            })
+            .collect()
+    }
+
+    /// The full text the model reads for each continuation.
+    fn choice_texts(&self, request: &ChoiceRequest) -> Result<Vec<String>, LlmError> {
+        match &request.prompt {
+            Prompt::Text { text } => Ok(request
+                .continuations
+                .iter()
+                .map(|c| format!("{text}{c}"))
+                .collect()),
+            Prompt::Chat {
+                messages,
+                continue_final,
+            } => {
+                let template = self.template()?;
+                request
+                    .continuations
+                    .iter()
+                    .map(|c| {
+                        let mut with: Vec<ChatMessage> = messages.clone();
+                        match (continue_final, with.last_mut()) {
+                            (true, Some(last)) => last.content.push_str(c),
+                            _ => with.push(ChatMessage::new("assistant", c.clone())),
+                        }
+                        template.render(&with, false, true)
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Scores one request. Each continuation's full text is tokenized whole, so the tokens at
+    /// the prompt/continuation boundary are exactly what the model would read unshared; the
+    /// shared prefix is the longest token prefix common to all of them (normally the rendered
+    /// prompt up to the continuation), leaving at least one token per continuation.
+    fn score_one(
+        &self,
+        request: &ChoiceRequest,
+        share_prefix: bool,
+    ) -> Result<ChoiceScores, LlmError> {
+        if request.labels.is_empty() {
+            return Err(LlmError::BadRequest("no labels to score".to_string()));
+        }
+        let label_ids = self.label_token_ids(&request.labels)?;
+        let add_bos =
+            matches!(request.prompt, Prompt::Text { .. }) && self.tokenizer.add_bos_token();
+        let full: Vec<Vec<u32>> = self
+            .choice_texts(request)?
+            .iter()
+            .map(|t| self.tokenizer.encode(t, add_bos))
+            .collect::<Result<_, _>>()?;
+        if full.iter().any(Vec::is_empty) {
+            return Err(LlmError::BadRequest(
+                "a prompt with its continuation has no tokens".to_string(),
+            ));
+        }
+        let count = full.len();
+        let mut order: Vec<usize> = (0..count).collect();
+        order.sort_by_key(|&i| full[i].len());
+        let mut label_logits: Vec<Vec<f32>> = vec![Vec::new(); count];
+        let shared_len = if share_prefix && count > 0 {
+            let shortest = full[order[0]].len();
+            let mut common = shortest - 1;
+            for sequence in &full[1..] {
+                common = full[0]
+                    .iter()
+                    .zip(sequence)
+                    .take(common)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+            }
+            common
+        } else {
+            0
+        };
+        let batch = self.options.max_score_batch.max(1);
+        let mut prompt_tokens = 0usize;
+        if shared_len > 0 {
+            let prefix = &full[0][..shared_len];
+            let (prefix_cache, _) = self.prefill(prefix, 0)?;
+            prompt_tokens += shared_len;
+            for chunk in order.chunks(batch) {
+                let suffixes: Vec<Vec<u32>> = chunk
+                    .iter()
+                    .map(|&i| full[i][shared_len..].to_vec())
+                    .collect();
+                prompt_tokens += suffixes.iter().map(Vec::len).sum::<usize>();
+                let logits = self.last_label_logits(&suffixes, Some(&prefix_cache), &label_ids)?;
+                for (&i, l) in chunk.iter().zip(logits) {
+                    label_logits[i] = l;
+                }
+            }
+        } else {
+            for chunk in order.chunks(batch) {
+                let sequences: Vec<Vec<u32>> = chunk.iter().map(|&i| full[i].clone()).collect();
+                prompt_tokens += sequences.iter().map(Vec::len).sum::<usize>();
+                let logits = self.last_label_logits(&sequences, None, &label_ids)?;
+                for (&i, l) in chunk.iter().zip(logits) {
+                    label_logits[i] = l;
+                }
+            }
+        }
+        let all_labels: Vec<usize> = (0..label_ids.len()).collect();
+        Ok(ChoiceScores {
+            distributions: label_logits
+                .iter()
+                .map(|l| restricted_softmax(l, &all_labels))
+                .collect(),
+            missing_labels: vec![Vec::new(); count],
+            prompt_tokens,
+        })
+    }
+
+    /// Runs `sequences` (right-padded into one batch) after `prefix` (if any) and returns, per
+    /// sequence, the logits of `label_ids` after its last token.
+    fn last_label_logits(
+        &self,
+        sequences: &[Vec<u32>],
+        prefix: Option<&KvCache>,
+        label_ids: &[u32],
+    ) -> Result<Vec<Vec<f32>>, LlmError> {
+        let device = self.model.device();
+        let batch = sequences.len();
+        let longest = sequences.iter().map(Vec::len).max().unwrap_or(0);
+        let past = prefix.map(KvCache::len).unwrap_or(0);
+        let run = || -> candle_core::Result<Vec<Vec<f32>>> {
+            let mut ids = Vec::with_capacity(batch * longest);
+            for s in sequences {
+                ids.extend_from_slice(s);
+                ids.extend(std::iter::repeat_n(0u32, longest - s.len()));
+            }
+            let ids = Tensor::from_vec(ids, (batch, longest), device)?;
+            let mask = if longest > 1 {
+                Some(causal_mask(longest, past, device)?)
+            } else {
+                None
+            };
+            let hidden = match prefix {
+                Some(prefix) => self.model.forward_hidden_after_prefix(&ids, prefix)?,
+                None => self.model.forward_hidden(
+                    &ids,
+                    Positions::Uniform(0),
+                    None,
+                    mask.as_ref(),
+                    false,
+                )?,
+            };
+            let lasts = sequences
+                .iter()
+                .enumerate()
+                .map(|(row, s)| hidden.get(row)?.narrow(0, s.len() - 1, 1))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let lasts = Tensor::cat(&lasts, 0)?;
+            self.model
+                .logits_for_tokens(&lasts, label_ids)?
+                .to_vec2::<f32>()
+        };
+        run().map_err(compute)
+    }
+}
+
+impl Backend for LocalEngine {
+    fn model_id(&self) -> String {
+        self.model_id.clone()
+    }
+
+    fn generate(&self, requests: &[GenerateRequest]) -> Result<Vec<Vec<Completion>>, LlmError> {
+        for request in requests {
+            Self::check_params(&request.params)?;
+        }
+        let prompts: Vec<Vec<u32>> = requests
+            .iter()
+            .map(|r| self.prompt_tokens(&r.prompt))
+            .collect::<Result<_, _>>()?;
+        // Identical prompts are prefilled once.
+        let mut cache_of_prompt: HashMap<&[u32], usize> = HashMap::new();
+        let mut prompt_caches = Vec::new();
+        let mut prompt_logits = Vec::new();
+        let mut cache_index = Vec::with_capacity(requests.len());
+        for tokens in &prompts {
+            let index = match cache_of_prompt.get(tokens.as_slice()) {
+                Some(&index) => index,
+                None => {
+                    let (cache, logits) = self.prefill(tokens, 0)?;
+                    prompt_caches.push(cache);
+                    prompt_logits.push(logits);
+                    cache_of_prompt.insert(tokens.as_slice(), prompt_caches.len() - 1);
+                    prompt_caches.len() - 1
+                }
+            };
+            cache_index.push(index);
+        }
+        let mut rows: Vec<Row> = Vec::new();
+        for (r, request) in requests.iter().enumerate() {
+            for sample in 0..request.params.n {
+                rows.push(Row {
+                    request: r,
+                    sample,
+                    prompt_len: prompts[r].len(),
+                    sampler: Sampler::new(&request.params, sample as u64),
+                    generated: Vec::new(),
+                    logprobs: Vec::new(),
+                    finished: None,
+                });
+            }
+        }
+        let batch = self.options.max_decode_batch.max(1);
+        for chunk in rows.chunks_mut(batch) {
+            let first: Vec<&[f32]> = chunk
+                .iter()
+                .map(|row| prompt_logits[cache_index[row.request]].as_slice())
+                .collect();
+            let caches: Vec<usize> = chunk.iter().map(|row| cache_index[row.request]).collect();
+            let params: Vec<&SamplingParams> = chunk
+                .iter()
+                .map(|row| &requests[row.request].params)
+                .collect();
+            self.decode_rows(chunk, &first, &caches, &prompt_caches, &params)?;
+        }
+        let mut out: Vec<Vec<Completion>> = requests
+            .iter()
+            .map(|r| Vec::with_capacity(r.params.n))
+            .collect();
+        for row in rows {
+            let completion = row.finished.ok_or_else(|| {
+                LlmError::Compute(format!(
+                    "sample {} of request {} did not finish",
+                    row.sample, row.request
+                ))
+            })?;
+            out[row.request].push(completion);
+        }
+        Ok(out)
+    }
+
+    fn score_choices(&self, requests: &[ChoiceRequest]) -> Result<Vec<ChoiceScores>, LlmError> {
+        self.score_choices_with(requests, true)
+    }
+}

@@ -31,6 +31,12 @@ enum Command {
     Data(commands::data::DataCommand),
     /// Build leakage-free listwise choice scenes (train + eval) from a dataset.
     Scenes(commands::scenes::ScenesArgs),
+    /// Write N decision rationales per scene with a strong or weak model (journaled).
+    Rationales(commands::distill::RationalesArgs),
+    /// Score rationales with a predictor model: its distribution over the option letters.
+    Score(commands::distill::ScoreArgs),
+    /// Select scenes by the uncertainty gap ΔEU and write SFT / DPO / direct training sets.
+    Distill(commands::distill::DistillArgs),
     /// Chat with a model once, for a quick manual check.
     Chat(commands::chat::ChatArgs),
     /// Serve the local engine as an OpenAI-compatible HTTP server.
@@ -45,6 +51,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Data(cmd) => commands::data::run(cmd),
         Command::Scenes(args) => commands::scenes::run(args),
+        Command::Rationales(args) => commands::distill::run_rationales_cmd(args),
+        Command::Score(args) => commands::distill::run_score_cmd(args),
+        Command::Distill(args) => commands::distill::run_distill_cmd(args),
         Command::Chat(args) => commands::chat::run(args),
         Command::ServeLlm(args) => commands::serve_llm::run(args),
         Command::Demo(args) => commands::demo::run(args),

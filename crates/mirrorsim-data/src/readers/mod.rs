@@ -6,11 +6,13 @@ use crate::catalog::Catalog;
 use crate::error::{DataError, ReadOptions, ReadReport};
 
 pub mod amazon2023;
+mod fields;
 pub mod goodreads;
 pub mod kuairec;
 pub mod lastfm;
 pub mod mind;
 pub mod movielens;
+mod pyliteral;
 pub mod recbole;
 pub mod steam;
 pub mod table;

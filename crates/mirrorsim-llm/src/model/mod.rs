@@ -1,1 +1,9 @@
-//! (being written)
+//! Our own decoder models (HF tensor names), on candle.
+//!
+//! One file per family; [`llama`] covers Llama and Qwen2 (SmolLM2 is Llama).
+
+pub mod config;
+pub mod llama;
+
+pub use config::LlamaConfig;
+pub use llama::{KvCache, Llama, Positions};

@@ -1,0 +1,490 @@
+//! Prompt rendering: the rationale prompt and the direct (behaviour-only) prompt of each scene,
+//! from minijinja templates.
+//!
+//! The templates live in `prompts/` at the repository root and are embedded in the binary; a
+//! folder given as `prompts_dir` replaces any of them by a file of the same name. `scene.j2`
+//! renders the scene itself (profile, history, options) once; the `*_user.j2` templates receive
+//! it as `scene`, and the `*_system.j2` templates depend only on the option letters, so they
+//! are rendered once per number of options. The answer is never part of any template context.
+
+use std::path::Path;
+
+use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Catalog, Item};
+use crate::error::DataError;
+use crate::scenes::negatives::{Scene, UserIndex};
+use crate::scenes::split::history_before;
+use crate::scenes::{HistoryEntry, SceneConfig, SceneRecord, MAX_OPTIONS, POSITIVE_SOURCE};
+
+/// The template files, by name; each may be overridden in a prompts folder.
+pub const TEMPLATE_NAMES: [&str; 5] = [
+    "scene.j2",
+    "rationale_system.j2",
+    "rationale_user.j2",
+    "direct_system.j2",
+    "direct_user.j2",
+];
+
+const EMBEDDED: [&str; 5] = [
+    include_str!("../../../../prompts/scene.j2"),
+    include_str!("../../../../prompts/rationale_system.j2"),
+    include_str!("../../../../prompts/rationale_user.j2"),
+    include_str!("../../../../prompts/direct_system.j2"),
+    include_str!("../../../../prompts/direct_user.j2"),
+];
+
+/// Reviews longer than this many characters are cut (with "…") in prompts.
+const MAX_REVIEW_CHARS: usize = 400;
+
+/// One chat message in the OpenAI layout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, content: String) -> Self {
+        ChatMessage {
+            role: role.to_owned(),
+            content,
+        }
+    }
+}
+
+/// The compiled prompt templates.
+#[derive(Debug)]
+pub struct PromptSet {
+    env: Environment<'static>,
+    /// Where each template came from (a file path, or "embedded"), for error messages.
+    origins: Vec<String>,
+}
+
+impl PromptSet {
+    /// The templates compiled into the binary.
+    pub fn embedded() -> Result<Self, DataError> {
+        Self::load(None)
+    }
+
+    /// The embedded templates, each replaced by `dir/<name>` where that file exists.
+    pub fn load(dir: Option<&Path>) -> Result<Self, DataError> {
+        if let Some(dir) = dir {
+            if !dir.is_dir() {
+                return Err(DataError::Invalid {
+                    path: dir.to_owned(),
+                    message: format!(
+                        "is not a prompts folder; it should hold any of {}",
+                        TEMPLATE_NAMES.join(", ")
+                    ),
+                });
+            }
+        }
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_auto_escape_callback(|_| AutoEscape::None);
+        let mut origins = Vec::with_capacity(TEMPLATE_NAMES.len());
+        for (name, embedded) in TEMPLATE_NAMES.iter().zip(EMBEDDED) {
+            let file = dir.map(|d| d.join(name)).filter(|p| p.is_file());
+            let (source, origin) = match &file {
+                Some(path) => (
+                    std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?,
+                    path.display().to_string(),
+                ),
+                None => (embedded.to_owned(), format!("prompts/{name} (embedded)")),
+            };
+            env.add_template_owned(name.to_string(), source)
+                .map_err(|e| template_error(&origin, &e))?;
+            origins.push(origin);
+        }
+        Ok(PromptSet { env, origins })
+    }
+
+    fn render<S: Serialize>(&self, which: usize, context: S) -> Result<String, DataError> {
+        let name = TEMPLATE_NAMES[which];
+        self.env
+            .get_template(name)
+            .and_then(|t| t.render(context))
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| template_error(&self.origins[which], &e))
+    }
+}
+
+fn template_error(origin: &str, err: &minijinja::Error) -> DataError {
+    let mut message = format!("template error: {err}");
+    if let Some(line) = err.line() {
+        message.push_str(&format!(" (line {line})"));
+    }
+    DataError::Invalid {
+        path: origin.into(),
+        message,
+    }
+}
+
+#[derive(Serialize)]
+struct Attribute<'a> {
+    name: &'a str,
+    value: &'a str,
+}
+
+#[derive(Serialize)]
+struct UserView<'a> {
+    id: &'a str,
+    attributes: Vec<Attribute<'a>>,
+}
+
+#[derive(Serialize)]
+struct HistoryView<'a> {
+    item_id: &'a str,
+    when: String,
+    title: &'a str,
+    details: &'a str,
+    rating: Option<String>,
+    review: Option<String>,
+}
+
+#[derive(Serialize)]
+struct OptionView<'a> {
+    item_id: &'a str,
+    label: &'a str,
+    title: &'a str,
+    details: &'a str,
+}
+
+#[derive(Serialize)]
+struct SceneView<'a> {
+    dataset: &'a str,
+    k: usize,
+    labels: &'a [String],
+    user: UserView<'a>,
+    history: Vec<HistoryView<'a>>,
+    options: Vec<OptionView<'a>>,
+}
+
+#[derive(Serialize)]
+struct UserPromptView<'a> {
+    dataset: &'a str,
+    k: usize,
+    labels: &'a [String],
+    scene: &'a str,
+}
+
+#[derive(Serialize)]
+struct SystemView<'a> {
+    dataset: &'a str,
+    k: usize,
+    labels: &'a [String],
+}
+
+/// Renders sampled scenes into records; holds what is the same for many scenes.
+pub struct SceneRenderer<'a> {
+    catalog: &'a Catalog,
+    prompts: &'a PromptSet,
+    history_len: usize,
+    /// "genres: Comedy; year: 1995" per item.
+    item_details: Vec<String>,
+    /// The highest rating in the data, shown as the scale ("4/5").
+    rating_scale: Option<f32>,
+    /// Per number of options: the labels and the two system prompts.
+    per_k: Vec<Option<(Vec<String>, String, String)>>,
+}
+
+impl<'a> SceneRenderer<'a> {
+    pub fn new(
+        catalog: &'a Catalog,
+        prompts: &'a PromptSet,
+        config: &SceneConfig,
+    ) -> Result<Self, DataError> {
+        let item_details = catalog.items.iter().map(item_details).collect();
+        let rating_scale = catalog
+            .interactions
+            .iter()
+            .filter_map(|i| i.rating)
+            .fold(None, |max: Option<f32>, r| {
+                Some(max.map_or(r, |m| m.max(r)))
+            });
+        let mut per_k = vec![None; MAX_OPTIONS + 1];
+        let ks = (config.train_options.min..=config.train_options.max)
+            .chain(std::iter::once(config.eval_options));
+        for k in ks {
+            if per_k[k].is_some() {
+                continue;
+            }
+            let labels = labels(k);
+            let view = SystemView {
+                dataset: &catalog.name,
+                k,
+                labels: &labels,
+            };
+            let rationale = prompts.render(1, &view)?;
+            let direct = prompts.render(3, &view)?;
+            per_k[k] = Some((labels, rationale, direct));
+        }
+        Ok(SceneRenderer {
+            catalog,
+            prompts,
+            history_len: config.history_len,
+            item_details,
+            rating_scale,
+            per_k,
+        })
+    }
+
+    /// The full record of a sampled scene.
+    pub fn render(&self, scene: &Scene, index: &UserIndex) -> Result<SceneRecord, DataError> {
+        let catalog = self.catalog;
+        let decision = &catalog.interactions[scene.position as usize];
+        let user = catalog.user(decision.user);
+        let k = scene.options.len();
+        let Some((labels, rationale_system, direct_system)) =
+            self.per_k.get(k).and_then(|x| x.as_ref())
+        else {
+            return Err(DataError::Config(format!(
+                "a scene has {k} options, outside the configured option counts"
+            )));
+        };
+        let earlier = history_before(
+            catalog,
+            &index.by_user[decision.user as usize],
+            decision.timestamp,
+        );
+        let shown = &earlier[earlier.len().saturating_sub(self.history_len)..];
+
+        let history_views = shown
+            .iter()
+            .map(|&p| {
+                let h = &catalog.interactions[p as usize];
+                let item = catalog.item(h.item);
+                HistoryView {
+                    item_id: &item.id,
+                    when: relative_time(decision.timestamp - h.timestamp),
+                    title: &item.title,
+                    details: &self.item_details[h.item as usize],
+                    rating: h.rating.map(|r| self.format_rating(r)),
+                    review: h.review.as_deref().map(shorten_review),
+                }
+            })
+            .collect();
+        let option_views = scene
+            .options
+            .iter()
+            .zip(labels)
+            .map(|(&i, label)| {
+                let item = catalog.item(i);
+                OptionView {
+                    item_id: &item.id,
+                    label,
+                    title: &item.title,
+                    details: &self.item_details[i as usize],
+                }
+            })
+            .collect();
+        let view = SceneView {
+            dataset: &catalog.name,
+            k,
+            labels,
+            user: UserView {
+                id: &user.id,
+                attributes: user
+                    .attributes
+                    .iter()
+                    .map(|(name, value)| Attribute { name, value })
+                    .collect(),
+            },
+            history: history_views,
+            options: option_views,
+        };
+        let scene_text = self.prompts.render(0, &view)?;
+        let user_view = UserPromptView {
+            dataset: &catalog.name,
+            k,
+            labels,
+            scene: &scene_text,
+        };
+        let rationale_user = self.prompts.render(2, &user_view)?;
+        let direct_user = self.prompts.render(4, &user_view)?;
+
+        Ok(SceneRecord {
+            id: format!("{}-{}-{}", catalog.name, scene.split.name(), scene.position),
+            dataset: catalog.name.clone(),
+            split: scene.split,
+            user_id: user.id.clone(),
+            item_id: catalog.item(decision.item).id.clone(),
+            timestamp: decision.timestamp,
+            options: scene
+                .options
+                .iter()
+                .map(|&i| catalog.item(i).id.clone())
+                .collect(),
+            answer: scene.answer,
+            labels: labels.clone(),
+            exposure_sources: scene
+                .sources
+                .iter()
+                .map(|s| s.map_or(POSITIVE_SOURCE, |s| s.name()).to_owned())
+                .collect(),
+            history: shown
+                .iter()
+                .map(|&p| {
+                    let h = &catalog.interactions[p as usize];
+                    HistoryEntry {
+                        item_id: catalog.item(h.item).id.clone(),
+                        timestamp: h.timestamp,
+                        rating: h.rating,
+                    }
+                })
+                .collect(),
+            messages: vec![
+                ChatMessage::new("system", rationale_system.clone()),
+                ChatMessage::new("user", rationale_user),
+            ],
+            direct_messages: vec![
+                ChatMessage::new("system", direct_system.clone()),
+                ChatMessage::new("user", direct_user),
+            ],
+        })
+    }
+
+    fn format_rating(&self, rating: f32) -> String {
+        let number = |x: f32| {
+            if x.fract() == 0.0 {
+                format!("{x:.0}")
+            } else {
+                format!("{x}")
+            }
+        };
+        match self.rating_scale {
+            Some(scale) => format!("{}/{}", number(rating), number(scale)),
+            None => number(rating),
+        }
+    }
+}
+
+/// `A`, `B`, … for `k` options.
+pub fn labels(k: usize) -> Vec<String> {
+    (b'A'..=b'Z')
+        .take(k)
+        .map(|c| char::from(c).to_string())
+        .collect()
+}
+
+/// "genres: Comedy, Drama; year: 1995".
+fn item_details(item: &Item) -> String {
+    item.attributes
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn shorten_review(review: &str) -> String {
+    let review = review.trim();
+    match review.char_indices().nth(MAX_REVIEW_CHARS) {
+        Some((cut, _)) => format!("{}…", review[..cut].trim_end()),
+        None => review.to_owned(),
+    }
+}
+
+/// How long before the decision, in words: "5 minutes before", "3 days before".
+pub fn relative_time(seconds: i64) -> String {
+    const MINUTE: i64 = 60;
+    const HOUR: i64 = 60 * MINUTE;
+    const DAY: i64 = 24 * HOUR;
+    let (n, unit) = if seconds < MINUTE {
+        (seconds.max(1), "second")
+    } else if seconds < HOUR {
+        (seconds / MINUTE, "minute")
+    } else if seconds < DAY {
+        (seconds / HOUR, "hour")
+    } else if seconds < 60 * DAY {
+        (seconds / DAY, "day")
+    } else if seconds < 730 * DAY {
+        (seconds / (30 * DAY), "month")
+    } else {
+        (seconds / (365 * DAY), "year")
+    };
+    let plural = if n == 1 { "" } else { "s" };
+    format!("{n} {unit}{plural} before")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_times_read_naturally() {
+        assert_eq!(relative_time(1), "1 second before");
+        assert_eq!(relative_time(59), "59 seconds before");
+        assert_eq!(relative_time(120), "2 minutes before");
+        assert_eq!(relative_time(3 * 3600 + 5), "3 hours before");
+        assert_eq!(relative_time(86_400), "1 day before");
+        assert_eq!(relative_time(3 * 86_400), "3 days before");
+        assert_eq!(relative_time(90 * 86_400), "3 months before");
+        assert_eq!(relative_time(800 * 86_400), "2 years before");
+    }
+
+    #[test]
+    fn labels_and_reviews() {
+        assert_eq!(labels(3), vec!["A", "B", "C"]);
+        assert_eq!(labels(26).last().map(String::as_str), Some("Z"));
+        let long = "é".repeat(MAX_REVIEW_CHARS + 5);
+        let short = shorten_review(&long);
+        assert_eq!(short.chars().count(), MAX_REVIEW_CHARS + 1);
+        assert!(short.ends_with('…'));
+        assert_eq!(shorten_review(" fine "), "fine");
+    }
+
+    #[test]
+    fn embedded_templates_compile_and_override_by_file() {
+        let set = PromptSet::embedded().unwrap();
+        let labels = labels(3);
+        let view = SystemView {
+            dataset: "d",
+            k: 3,
+            labels: &labels,
+        };
+        let system = set.render(1, &view).unwrap();
+        for part in [
+            "Thought:",
+            "Stimulus:",
+            "Stimulus Factors:",
+            "Knowledge:",
+            "Knowledge Factors:",
+            "Evaluation:",
+            "Evaluation Style:",
+            "Behavior: [X]",
+            "A, B, C",
+        ] {
+            assert!(
+                system.contains(part),
+                "rationale system prompt lacks {part}"
+            );
+        }
+        let direct = set.render(3, &view).unwrap();
+        assert!(direct.contains("Behavior: [X]") && !direct.contains("Thought"));
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("direct_system.j2"), "Pick one of {{ k }}.").unwrap();
+        let custom = PromptSet::load(Some(dir.path())).unwrap();
+        assert_eq!(custom.render(3, &view).unwrap(), "Pick one of 3.");
+        assert_eq!(custom.render(1, &view).unwrap(), system);
+
+        std::fs::write(dir.path().join("scene.j2"), "{% for x in %}").unwrap();
+        let err = PromptSet::load(Some(dir.path())).unwrap_err().to_string();
+        assert!(
+            err.contains("scene.j2") && err.contains("template error"),
+            "{err}"
+        );
+        std::fs::write(dir.path().join("scene.j2"), "{{ no_such_variable }}").unwrap();
+        let set = PromptSet::load(Some(dir.path())).unwrap();
+        assert!(
+            set.render(0, &view).is_err(),
+            "undefined variables must fail"
+        );
+        assert!(PromptSet::load(Some(&dir.path().join("missing"))).is_err());
+    }
+}

@@ -1,0 +1,1231 @@
+//! The Llama/Qwen2 decoder (SmolLM2 is Llama; Qwen2 adds q/k/v biases), with HF tensor names.
+//!
+//! Two execution modes share the same weights:
+//! - inference (`differentiable = false`) uses candle's fused `rms_norm`, `softmax_last_dim` and
+//!   `rope` kernels, which are fast but carry no gradient;
+//! - training (`differentiable = true`) uses plain tensor ops everywhere, so gradients reach
+//!   every weight (candle's fused ops would silently drop them).
+//!
+//! RoPE follows the HF convention (rotate_half on the two halves of each head). GGUF files from
+//! llama.cpp store Q/K rows permuted for the interleaved convention; `crate::gguf` undoes that at
+//! load. `rope_scaling` is not implemented: configs asking for a factor other than 1 are refused
+//! by [`LlamaConfig::validate`].
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, D};
+
+use super::config::LlamaConfig;
+use crate::backend::LlmError;
+
+/// A dense layer `y = x Wᵀ + b` with the HF weight layout `(out, in)`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_features = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_features.max(1);
+        let y = x.reshape((rows, in_features))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(bias) => y.broadcast_add(bias)?,
+            None => y,
+        };
+        let mut out_dims = dims;
+        let last = out_dims.len() - 1;
+        out_dims[last] = self.weight.dim(0)?;
+        y.reshape(out_dims)
+    }
+
+    /// [`Linear::forward`] without gradient tracking; few rows use [`few_rows_matmul_t`].
+    pub fn forward_inference(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_features = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_features.max(1);
+        let flat = x.reshape((rows, in_features))?;
+        let y = match few_rows_matmul_t(&flat, &self.weight)? {
+            Some(y) => y,
+            None => return self.forward(x),
+        };
+        let y = match &self.bias {
+            Some(bias) => y.broadcast_add(bias)?,
+            None => y,
+        };
+        let mut out_dims = dims;
+        let last = out_dims.len() - 1;
+        out_dims[last] = self.weight.dim(0)?;
+        y.reshape(out_dims)
+    }
+}
+
+/// Most rows for which [`few_rows_matmul_t`] beats candle's gemm.
+const FEW_ROWS: usize = 16;
+
+/// `x (rows, in) · weightᵀ` for a weight `(out, in)` when `rows <= FEW_ROWS`, on the CPU in f32:
+/// each weight row is read once, as contiguous dot products with every row of `x`. candle's gemm
+/// packs the whole transposed weight on every call, which dominated decode steps. Returns
+/// `None` where this does not apply (other device or dtype, more rows, non-contiguous weight).
+/// Carries no gradient.
+pub fn few_rows_matmul_t(x: &Tensor, weight: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    use rayon::prelude::*;
+    let (rows, inner) = x.dims2()?;
+    let (out, weight_inner) = weight.dims2()?;
+    if rows == 0
+        || rows > FEW_ROWS
+        || inner != weight_inner
+        || inner == 0
+        || !matches!(x.device(), Device::Cpu)
+        || !matches!(weight.device(), Device::Cpu)
+        || x.dtype() != DType::F32
+        || weight.dtype() != DType::F32
+    {
+        return Ok(None);
+    }
+    let inputs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    let (storage, layout) = weight.storage_and_layout();
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        return Ok(None);
+    };
+    let weights = match &*storage {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) => &data[start..end],
+        _ => return Ok(None),
+    };
+    let tile = tile_kernel();
+    let block = out
+        .div_ceil(rayon::current_num_threads().max(1) * 8)
+        .max(16)
+        .next_multiple_of(TILE_WEIGHT_ROWS);
+    let mut transposed = vec![0f32; out * rows];
+    transposed
+        .par_chunks_mut(block * rows)
+        .enumerate()
+        .for_each(|(index, chunk)| {
+            let first = index * block;
+            let count = chunk.len() / rows;
+            let block_weights = &weights[first * inner..(first + count) * inner];
+            tile(block_weights, &inputs, inner, chunk);
+        });
+    drop(storage);
+    let values = if rows == 1 {
+        transposed
+    } else {
+        let mut values = vec![0f32; out * rows];
+        for (o, outputs) in transposed.chunks(rows).enumerate() {
+            for (r, &value) in outputs.iter().enumerate() {
+                values[r * out + o] = value;
+            }
+        }
+        values
+    };
+    Tensor::from_vec(values, (rows, out), x.device()).map(Some)
+}
+
+/// Weight rows handled together by the tile kernels.
+const TILE_WEIGHT_ROWS: usize = 4;
+/// Input rows handled together by the tile kernels.
+const TILE_INPUT_ROWS: usize = 2;
+
+/// Computes `outputs[o * rows + r] = weights[o] · inputs[r]` for every weight row `o` of
+/// `weights` (rows of `inner` floats) and every input row `r` of `inputs`.
+type TileKernel = fn(&[f32], &[f32], usize, &mut [f32]);
+
+fn tile_kernel() -> TileKernel {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        return tiles_avx2;
+    }
+    tiles_portable
+}
+
+fn tiles_portable(weights: &[f32], inputs: &[f32], inner: usize, outputs: &mut [f32]) {
+    let rows = inputs.len() / inner;
+    for (weight_row, outs) in weights.chunks_exact(inner).zip(outputs.chunks_mut(rows)) {
+        for (input_row, out) in inputs.chunks_exact(inner).zip(outs.iter_mut()) {
+            *out = weight_row.iter().zip(input_row).map(|(a, b)| a * b).sum();
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn tiles_avx2(weights: &[f32], inputs: &[f32], inner: usize, outputs: &mut [f32]) {
+    let rows = inputs.len() / inner;
+    let weight_rows = weights.len() / inner;
+    assert!(outputs.len() >= weight_rows * rows);
+    let mut o = 0;
+    while o < weight_rows {
+        let tile_o = TILE_WEIGHT_ROWS.min(weight_rows - o);
+        let mut r = 0;
+        while r < rows {
+            let tile_r = TILE_INPUT_ROWS.min(rows - r);
+            let mut sums = [[0f32; TILE_INPUT_ROWS]; TILE_WEIGHT_ROWS];
+            let tile_weights = &weights[o * inner..(o + tile_o) * inner];
+            let tile_inputs = &inputs[r * inner..(r + tile_r) * inner];
+            // SAFETY: only handed out by `tile_kernel` after it checked for AVX2 and FMA; the
+            // slices hold exactly the tile's rows of `inner` floats.
+            unsafe {
+                match (tile_o, tile_r) {
+                    (TILE_WEIGHT_ROWS, TILE_INPUT_ROWS) => {
+                        tile_avx2::<TILE_WEIGHT_ROWS, TILE_INPUT_ROWS>(
+                            tile_weights,
+                            tile_inputs,
+                            inner,
+                            &mut sums,
+                        )
+                    }
+                    (TILE_WEIGHT_ROWS, _) => {
+                        for b in 0..tile_r {
+                            tile_avx2::<TILE_WEIGHT_ROWS, 1>(
+                                tile_weights,
+                                &tile_inputs[b * inner..(b + 1) * inner],
+                                inner,
+                                &mut sums,
+                            );
+                            for sum_row in sums.iter_mut() {
+                                sum_row[b] = sum_row[0];
+                            }
+                        }
+                    }
+                    _ => {
+                        let mut one = [[0f32; TILE_INPUT_ROWS]; TILE_WEIGHT_ROWS];
+                        for a in 0..tile_o {
+                            for b in 0..tile_r {
+                                tile_avx2::<1, 1>(
+                                    &tile_weights[a * inner..(a + 1) * inner],
+                                    &tile_inputs[b * inner..(b + 1) * inner],
+                                    inner,
+                                    &mut one,
+                                );
+                                sums[a][b] = one[0][0];
+                            }
+                        }
+                    }
+                }
+            }
+            for (a, sum_row) in sums.iter().enumerate().take(tile_o) {
+                for (b, &sum) in sum_row.iter().enumerate().take(tile_r) {
+                    outputs[(o + a) * rows + r + b] = sum;
+                }
+            }
+            r += tile_r;
+        }
+        o += tile_o;
+    }
+}
+
+/// One tile: `WEIGHT_ROWS` weight rows against `INPUT_ROWS` input rows (at most the
+/// `TILE_*` sizes), each weight vector loaded once per 8 floats and reused for every input row
+/// (register blocking); the results land in `sums[..WEIGHT_ROWS][..INPUT_ROWS]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2<const WEIGHT_ROWS: usize, const INPUT_ROWS: usize>(
+    weights: &[f32],
+    inputs: &[f32],
+    inner: usize,
+    sums: &mut [[f32; TILE_INPUT_ROWS]; TILE_WEIGHT_ROWS],
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); INPUT_ROWS]; WEIGHT_ROWS];
+    let mut k = 0;
+    // SAFETY: every load reads 8 floats at `row * inner + k .. + 8` with `k + 8 <= inner`, inside
+    // slices of exactly TILE_WEIGHT_ROWS (resp. TILE_INPUT_ROWS) rows of `inner` floats.
+    unsafe {
+        while k + 8 <= inner {
+            let mut x = [_mm256_setzero_ps(); INPUT_ROWS];
+            for (b, value) in x.iter_mut().enumerate() {
+                *value = _mm256_loadu_ps(inputs.as_ptr().add(b * inner + k));
+            }
+            for (a, acc_row) in acc.iter_mut().enumerate() {
+                let w = _mm256_loadu_ps(weights.as_ptr().add(a * inner + k));
+                for (b, sum) in acc_row.iter_mut().enumerate() {
+                    *sum = _mm256_fmadd_ps(w, x[b], *sum);
+                }
+            }
+            k += 8;
+        }
+    }
+    let mut lanes = [0f32; 8];
+    for (a, acc_row) in acc.iter().enumerate() {
+        for (b, &sum) in acc_row.iter().enumerate() {
+            // SAFETY: `lanes` holds exactly 8 floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
+            let tail: f32 = weights[a * inner + k..(a + 1) * inner]
+                .iter()
+                .zip(&inputs[b * inner + k..(b + 1) * inner])
+                .map(|(p, q)| p * q)
+                .sum();
+            sums[a][b] = lanes.iter().sum::<f32>() + tail;
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+}
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    pub self_attn: Attention,
+    pub mlp: Mlp,
+    pub input_layernorm: Tensor,
+    pub post_attention_layernorm: Tensor,
+}
+
+/// Where the input tokens sit in their sequences.
+#[derive(Debug, Clone, Copy)]
+pub enum Positions<'a> {
+    /// Every row's first input token has this position (rows share one timeline).
+    Uniform(usize),
+    /// Row `r`'s first input token has position `starts[r]`.
+    PerRow(&'a [usize]),
+}
+
+/// Keys and values of earlier positions, one preallocated `(batch, kv_heads, capacity, head_dim)`
+/// buffer per layer; positions `0..len` are filled. Rows may be left-padded (see
+/// [`KvCache::left_padded`]); the caller masks the padding.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
+    len: usize,
+    capacity: usize,
+    batch: usize,
+}
+
+impl KvCache {
+    pub fn new(model: &Llama, batch: usize, capacity: usize) -> candle_core::Result<Self> {
+        let config = &model.config;
+        let shape = (batch, config.num_kv_heads(), capacity, config.head_dim());
+        let mut keys = Vec::with_capacity(config.num_hidden_layers);
+        let mut values = Vec::with_capacity(config.num_hidden_layers);
+        for _ in 0..config.num_hidden_layers {
+            keys.push(Tensor::zeros(shape, DType::F32, &model.device)?);
+            values.push(Tensor::zeros(shape, DType::F32, &model.device)?);
+        }
+        Ok(KvCache {
+            keys,
+            values,
+            len: 0,
+            capacity,
+            batch,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// A cache of `batch` rows that all start with the content of the one-row `prefix`.
+    pub fn broadcast_prefix(
+        prefix: &KvCache,
+        batch: usize,
+        capacity: usize,
+    ) -> candle_core::Result<Self> {
+        if prefix.batch != 1 {
+            candle_core::bail!("broadcast_prefix needs a one-row prefix cache");
+        }
+        let capacity = capacity.max(prefix.len);
+        let mut keys = Vec::with_capacity(prefix.keys.len());
+        let mut values = Vec::with_capacity(prefix.keys.len());
+        for (k, v) in prefix.keys.iter().zip(&prefix.values) {
+            let (_, heads, _, head_dim) = k.dims4()?;
+            let shape = (batch, heads, capacity, head_dim);
+            let new_k = Tensor::zeros(shape, DType::F32, k.device())?;
+            let new_v = Tensor::zeros(shape, DType::F32, k.device())?;
+            let filled = (batch, heads, prefix.len, head_dim);
+            new_k.slice_set(
+                &k.narrow(2, 0, prefix.len)?
+                    .broadcast_as(filled)?
+                    .contiguous()?,
+                2,
+                0,
+            )?;
+            new_v.slice_set(
+                &v.narrow(2, 0, prefix.len)?
+                    .broadcast_as(filled)?
+                    .contiguous()?,
+                2,
+                0,
+            )?;
+            keys.push(new_k);
+            values.push(new_v);
+        }
+        Ok(KvCache {
+            keys,
+            values,
+            len: prefix.len,
+            capacity,
+            batch,
+        })
+    }
+
+    /// Stacks one-row caches of different lengths into one batch, each repeated `repeat` times,
+    /// left-padded with zeros to the longest; returns the cache and each row's padding length.
+    pub fn left_padded(
+        parts: &[(&KvCache, usize)],
+        capacity: usize,
+    ) -> candle_core::Result<(Self, Vec<usize>)> {
+        let Some((first, _)) = parts.first() else {
+            candle_core::bail!("left_padded needs at least one cache");
+        };
+        let longest = parts.iter().map(|(c, _)| c.len).max().unwrap_or(0);
+        let capacity = capacity.max(longest);
+        let batch: usize = parts.iter().map(|(_, n)| *n).sum();
+        let mut pads = Vec::with_capacity(batch);
+        for (cache, repeat) in parts {
+            if cache.batch != 1 {
+                candle_core::bail!("left_padded needs one-row caches");
+            }
+            pads.extend(std::iter::repeat_n(longest - cache.len, *repeat));
+        }
+        let layers = first.keys.len();
+        let mut keys = Vec::with_capacity(layers);
+        let mut values = Vec::with_capacity(layers);
+        for layer in 0..layers {
+            let stack = |pick: &dyn Fn(&KvCache) -> &Tensor| -> candle_core::Result<Tensor> {
+                let mut rows = Vec::with_capacity(batch);
+                for (cache, repeat) in parts {
+                    let t = pick(cache);
+                    let (_, heads, _, head_dim) = t.dims4()?;
+                    let mut pieces = Vec::with_capacity(3);
+                    let pad = longest - cache.len;
+                    if pad > 0 {
+                        pieces.push(Tensor::zeros(
+                            (1, heads, pad, head_dim),
+                            DType::F32,
+                            t.device(),
+                        )?);
+                    }
+                    pieces.push(t.narrow(2, 0, cache.len)?);
+                    if capacity > longest {
+                        pieces.push(Tensor::zeros(
+                            (1, heads, capacity - longest, head_dim),
+                            DType::F32,
+                            t.device(),
+                        )?);
+                    }
+                    let row = Tensor::cat(&pieces, 2)?;
+                    for _ in 0..*repeat {
+                        rows.push(row.clone());
+                    }
+                }
+                Tensor::cat(&rows, 0)
+            };
+            keys.push(stack(&|c: &KvCache| &c.keys[layer])?);
+            values.push(stack(&|c: &KvCache| &c.values[layer])?);
+        }
+        Ok((
+            KvCache {
+                keys,
+                values,
+                len: longest,
+                capacity,
+                batch,
+            },
+            pads,
+        ))
+    }
+
+    /// A cache holding only the given rows, in that order.
+    pub fn select_rows(&self, rows: &[usize]) -> candle_core::Result<Self> {
+        let Some(first) = self.keys.first() else {
+            candle_core::bail!("empty cache");
+        };
+        let index: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let index = Tensor::new(index.as_slice(), first.device())?;
+        let pick = |t: &Tensor| t.index_select(&index, 0);
+        Ok(KvCache {
+            keys: self
+                .keys
+                .iter()
+                .map(pick)
+                .collect::<candle_core::Result<_>>()?,
+            values: self
+                .values
+                .iter()
+                .map(pick)
+                .collect::<candle_core::Result<_>>()?,
+            len: self.len,
+            capacity: self.capacity,
+            batch: rows.len(),
+        })
+    }
+
+    fn ensure_capacity(&mut self, needed: usize) -> candle_core::Result<()> {
+        if needed <= self.capacity {
+            return Ok(());
+        }
+        let capacity = needed.max(self.capacity * 2);
+        for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            let (batch, heads, _, head_dim) = t.dims4()?;
+            let grown = Tensor::zeros((batch, heads, capacity, head_dim), DType::F32, t.device())?;
+            if self.len > 0 {
+                grown.slice_set(&t.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+            }
+            *t = grown;
+        }
+        self.capacity = capacity;
+        Ok(())
+    }
+}
+
+/// The decoder with its weights in f32.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    pub config: LlamaConfig,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: Tensor,
+    /// `(vocab, hidden)`; the same tensor as `embed_tokens` when the embeddings are tied.
+    pub lm_head: Tensor,
+    pub tied_embeddings: bool,
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+}
+
+struct WeightStore<'a> {
+    weights: HashMap<String, Tensor>,
+    source: &'a str,
+    device: &'a Device,
+}
+
+impl WeightStore<'_> {
+    fn optional(&mut self, name: &str, shape: &[usize]) -> Result<Option<Tensor>, LlmError> {
+        let Some(tensor) = self.weights.remove(name) else {
+            return Ok(None);
+        };
+        if tensor.dims() != shape {
+            return Err(LlmError::Load {
+                path: self.source.to_string(),
+                message: format!(
+                    "tensor {name} has shape {:?}, expected {shape:?}",
+                    tensor.dims()
+                ),
+            });
+        }
+        tensor
+            .to_dtype(DType::F32)
+            .and_then(|t| t.to_device(self.device))
+            .map(Some)
+            .map_err(|e| LlmError::Load {
+                path: self.source.to_string(),
+                message: format!("tensor {name}: {e}"),
+            })
+    }
+
+    fn required(&mut self, name: &str, shape: &[usize]) -> Result<Tensor, LlmError> {
+        self.optional(name, shape)?.ok_or_else(|| LlmError::Load {
+            path: self.source.to_string(),
+            message: format!("tensor {name} is missing"),
+        })
+    }
+
+    fn linear(&mut self, prefix: &str, out: usize, inp: usize) -> Result<Linear, LlmError> {
+        Ok(Linear {
+            weight: self.required(&format!("{prefix}.weight"), &[out, inp])?,
+            bias: self.optional(&format!("{prefix}.bias"), &[out])?,
+        })
+    }
+}
+
+impl Llama {
+    /// Builds the model from tensors named as in HF checkpoints (`model.layers.0.self_attn.q_proj.weight`, …).
+    /// `source` names the file(s) the tensors came from, for error messages. Any float dtype is
+    /// converted to f32. Biases are used where present (Qwen2 has q/k/v biases).
+    pub fn from_weights(
+        config: LlamaConfig,
+        weights: HashMap<String, Tensor>,
+        device: &Device,
+        source: &str,
+    ) -> Result<Self, LlmError> {
+        config.validate().map_err(|message| LlmError::Load {
+            path: source.to_string(),
+            message,
+        })?;
+        let hidden = config.hidden_size;
+        let head_dim = config.head_dim();
+        let q_out = config.num_attention_heads * head_dim;
+        let kv_out = config.num_kv_heads() * head_dim;
+        let inter = config.intermediate_size;
+        let mut store = WeightStore {
+            weights,
+            source,
+            device,
+        };
+        let embed_tokens =
+            store.required("model.embed_tokens.weight", &[config.vocab_size, hidden])?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let self_attn = Attention {
+                q_proj: store.linear(&format!("{p}.self_attn.q_proj"), q_out, hidden)?,
+                k_proj: store.linear(&format!("{p}.self_attn.k_proj"), kv_out, hidden)?,
+                v_proj: store.linear(&format!("{p}.self_attn.v_proj"), kv_out, hidden)?,
+                o_proj: store.linear(&format!("{p}.self_attn.o_proj"), hidden, q_out)?,
+            };
+            let mlp = Mlp {
+                gate_proj: store.linear(&format!("{p}.mlp.gate_proj"), inter, hidden)?,
+                up_proj: store.linear(&format!("{p}.mlp.up_proj"), inter, hidden)?,
+                down_proj: store.linear(&format!("{p}.mlp.down_proj"), hidden, inter)?,
+            };
+            layers.push(DecoderLayer {
+                self_attn,
+                mlp,
+                input_layernorm: store
+                    .required(&format!("{p}.input_layernorm.weight"), &[hidden])?,
+                post_attention_layernorm: store
+                    .required(&format!("{p}.post_attention_layernorm.weight"), &[hidden])?,
+            });
+        }
+        let norm = store.required("model.norm.weight", &[hidden])?;
+        let untied = store.optional("lm_head.weight", &[config.vocab_size, hidden])?;
+        let (lm_head, tied_embeddings) = match untied {
+            Some(head) if !config.tie_word_embeddings => (head, false),
+            _ => (embed_tokens.clone(), true),
+        };
+        let (cos, sin) = rope_tables(&config, device).map_err(|e| LlmError::Load {
+            path: source.to_string(),
+            message: format!("RoPE tables: {e}"),
+        })?;
+        Ok(Llama {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            tied_embeddings,
+            cos,
+            sin,
+            device: device.clone(),
+        })
+    }
+
+    /// Loads an HF model directory: `config.json` and every `*.safetensors` file in it.
+    pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<Self, LlmError> {
+        let config = LlamaConfig::from_file(&dir.join("config.json"))?;
+        let files = safetensors_files(dir)?;
+        let mut weights = HashMap::new();
+        for file in &files {
+            let tensors =
+                candle_core::safetensors::load(file, &Device::Cpu).map_err(|e| LlmError::Load {
+                    path: file.display().to_string(),
+                    message: e.to_string(),
+                })?;
+            weights.extend(tensors);
+        }
+        Self::from_weights(config, weights, device, &dir.display().to_string())
+    }
+
+    /// All weights under their HF names (the tied head is written once, as the embeddings).
+    pub fn named_weights(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.clone(),
+        )];
+        for (i, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let linears = [
+                ("self_attn.q_proj", &layer.self_attn.q_proj),
+                ("self_attn.k_proj", &layer.self_attn.k_proj),
+                ("self_attn.v_proj", &layer.self_attn.v_proj),
+                ("self_attn.o_proj", &layer.self_attn.o_proj),
+                ("mlp.gate_proj", &layer.mlp.gate_proj),
+                ("mlp.up_proj", &layer.mlp.up_proj),
+                ("mlp.down_proj", &layer.mlp.down_proj),
+            ];
+            for (name, linear) in linears {
+                out.push((format!("{p}.{name}.weight"), linear.weight.clone()));
+                if let Some(bias) = &linear.bias {
+                    out.push((format!("{p}.{name}.bias"), bias.clone()));
+                }
+            }
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                layer.input_layernorm.clone(),
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                layer.post_attention_layernorm.clone(),
+            ));
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.clone()));
+        if !self.tied_embeddings {
+            out.push(("lm_head.weight".to_string(), self.lm_head.clone()));
+        }
+        out
+    }
+
+    /// Writes `config.json` and `model.safetensors` into `dir` (each through a temporary file
+    /// and a rename, so a reader never sees a half-written file).
+    pub fn save_hf_dir(&self, dir: &Path) -> Result<(), LlmError> {
+        let io_error = |path: &Path, e: &dyn std::fmt::Display| LlmError::Load {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, &e))?;
+        let mut config = self.config.clone();
+        config.tie_word_embeddings = self.tied_embeddings;
+        let config_path = dir.join("config.json");
+        let text = serde_json::to_string_pretty(&config).map_err(|e| io_error(&config_path, &e))?;
+        let tmp = dir.join(".config.json.tmp");
+        std::fs::write(&tmp, text).map_err(|e| io_error(&tmp, &e))?;
+        std::fs::rename(&tmp, &config_path).map_err(|e| io_error(&config_path, &e))?;
+        let weights: HashMap<String, Tensor> = self.named_weights().into_iter().collect();
+        let model_path = dir.join("model.safetensors");
+        let tmp = dir.join(".model.safetensors.tmp");
+        candle_core::safetensors::save(&weights, &tmp).map_err(|e| io_error(&tmp, &e))?;
+        std::fs::rename(&tmp, &model_path).map_err(|e| io_error(&model_path, &e))?;
+        Ok(())
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Runs the decoder over `input_ids` `(batch, seq)` and returns the final-normed hidden
+    /// states `(batch, seq, hidden)`.
+    ///
+    /// With a cache, the new keys/values are written at the cache's current length and the
+    /// cache grows by `seq`. `mask` is additive (0 or −∞), broadcastable to
+    /// `(batch, 1, 1, seq, past + seq)`; `None` means "no masking", which is only right for a
+    /// single new token per row with no padding. Use [`causal_mask`] for `seq > 1`.
+    pub fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        positions: Positions<'_>,
+        mut cache: Option<&mut KvCache>,
+        mask: Option<&Tensor>,
+        differentiable: bool,
+    ) -> candle_core::Result<Tensor> {
+        let (batch, seq) = input_ids.dims2()?;
+        let (cos, sin) = self.rope_for(positions, batch, seq)?;
+        let mut x = self
+            .embed_tokens
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((batch, seq, self.config.hidden_size))?;
+        if let Some(cache) = cache.as_deref_mut() {
+            if cache.batch != batch {
+                candle_core::bail!("cache has {} rows, input has {batch}", cache.batch);
+            }
+            cache.ensure_capacity(cache.len + seq)?;
+        }
+        let eps = self.config.rms_norm_eps as f32;
+        for (index, layer) in self.layers.iter().enumerate() {
+            let residual = x.clone();
+            let h = rms_norm(&x, &layer.input_layernorm, eps, differentiable)?;
+            let h = self.attention(
+                index,
+                &layer.self_attn,
+                &h,
+                &cos,
+                &sin,
+                cache.as_deref_mut(),
+                mask,
+                differentiable,
+            )?;
+            let x_mid = (residual + h)?;
+            let h = rms_norm(&x_mid, &layer.post_attention_layernorm, eps, differentiable)?;
+            let project = |linear: &Linear, x: &Tensor| {
+                if differentiable {
+                    linear.forward(x)
+                } else {
+                    linear.forward_inference(x)
+                }
+            };
+            let gate = project(&layer.mlp.gate_proj, &h)?.silu()?;
+            let up = project(&layer.mlp.up_proj, &h)?;
+            let h = project(&layer.mlp.down_proj, &(gate * up)?)?;
+            x = (x_mid + h)?;
+        }
+        if let Some(cache) = cache {
+            cache.len += seq;
+        }
+        rms_norm(&x, &self.norm, eps, differentiable)
+    }
+
+    /// Runs `input_ids` `(batch, seq)` as continuations of the one-row `prefix` cache (every row
+    /// starts at position `prefix.len()`) and returns the final-normed hidden states
+    /// `(batch, seq, hidden)`. Inference only (no gradient). The prefix keys/values are not
+    /// copied per row: each layer scores all rows' queries against the shared prefix in one
+    /// matmul per KV head (rows folded into the matrix rows), scores each row's own keys
+    /// causally, and normalises both parts in one softmax. Right padding is harmless: a causal
+    /// mask keeps later (padding) tokens invisible to earlier real ones.
+    pub fn forward_hidden_after_prefix(
+        &self,
+        input_ids: &Tensor,
+        prefix: &KvCache,
+    ) -> candle_core::Result<Tensor> {
+        if prefix.batch != 1 {
+            candle_core::bail!("the shared prefix cache must have one row");
+        }
+        let (batch, seq) = input_ids.dims2()?;
+        let (cos, sin) = self.rope_for(Positions::Uniform(prefix.len), batch, seq)?;
+        let own_mask = if seq > 1 {
+            Some(causal_mask(seq, 0, &self.device)?)
+        } else {
+            None
+        };
+        let mut x = self
+            .embed_tokens
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((batch, seq, self.config.hidden_size))?;
+        let eps = self.config.rms_norm_eps as f32;
+        for (index, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &layer.input_layernorm, eps, false)?;
+            let h = self.attention_after_prefix(
+                index,
+                &layer.self_attn,
+                &h,
+                &cos,
+                &sin,
+                prefix,
+                own_mask.as_ref(),
+            )?;
+            let x_mid = (x + h)?;
+            let h = rms_norm(&x_mid, &layer.post_attention_layernorm, eps, false)?;
+            let gate = layer.mlp.gate_proj.forward_inference(&h)?.silu()?;
+            let up = layer.mlp.up_proj.forward_inference(&h)?;
+            let h = layer.mlp.down_proj.forward_inference(&(gate * up)?)?;
+            x = (x_mid + h)?;
+        }
+        rms_norm(&x, &self.norm, eps, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention_after_prefix(
+        &self,
+        layer_index: usize,
+        attn: &Attention,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        prefix: &KvCache,
+        own_mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let (batch, seq, _) = x.dims3()?;
+        let heads = self.config.num_attention_heads;
+        let kv_heads = self.config.num_kv_heads();
+        let head_dim = self.config.head_dim();
+        let groups = heads / kv_heads;
+        let past = prefix.len;
+        let rows = batch * groups * seq;
+        let split_heads = |t: Tensor, count: usize| {
+            t.reshape((batch, seq, count, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = split_heads(attn.q_proj.forward_inference(x)?, heads)?;
+        let k = split_heads(attn.k_proj.forward_inference(x)?, kv_heads)?;
+        let v = split_heads(attn.v_proj.forward_inference(x)?, kv_heads)?;
+        let q = rope(&q, cos, sin, false)?;
+        let k = rope(&k, cos, sin, false)?;
+        let q = (q * (1.0 / (head_dim as f64).sqrt()))?.reshape((
+            batch,
+            kv_heads,
+            groups * seq,
+            head_dim,
+        ))?;
+        let own = q.matmul(&k.t()?)?;
+        let own = match own_mask {
+            Some(mask) => own
+                .reshape((batch, kv_heads, groups, seq, seq))?
+                .broadcast_add(mask)?
+                .reshape((batch, kv_heads, groups * seq, seq))?,
+            None => own,
+        };
+        // (kv_heads, rows, ·) with rows ordered (batch, group, position).
+        let own = own
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((kv_heads, rows, seq))?;
+        let q_rows = q
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((kv_heads, rows, head_dim))?;
+        let prefix_k = prefix.keys[layer_index].narrow(2, 0, past)?.squeeze(0)?;
+        let prefix_v = prefix.values[layer_index].narrow(2, 0, past)?.squeeze(0)?;
+        let shared = q_rows.matmul(&prefix_k.t()?)?;
+        let probs = candle_nn::ops::softmax_last_dim(&Tensor::cat(&[&shared, &own], 2)?)?;
+        let out_shared = probs
+            .narrow(2, 0, past)?
+            .matmul(&prefix_v)?
+            .reshape((kv_heads, batch, groups * seq, head_dim))?
+            .transpose(0, 1)?;
+        let out_own = probs
+            .narrow(2, past, seq)?
+            .contiguous()?
+            .reshape((kv_heads, batch, groups * seq, seq))?
+            .transpose(0, 1)?
+            .contiguous()?
+            .matmul(&v)?;
+        let out = (out_shared + out_own)?
+            .reshape((batch, heads, seq, head_dim))?
+            .transpose(1, 2)?
+            .reshape((batch, seq, heads * head_dim))?;
+        attn.o_proj.forward_inference(&out)
+    }
+
+    /// Logits over the whole vocabulary for hidden states `(..., hidden)`.
+    pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = hidden.dims().to_vec();
+        let rows = hidden.elem_count() / self.config.hidden_size;
+        let logits = hidden
+            .reshape((rows, self.config.hidden_size))?
+            .matmul(&self.lm_head.t()?)?;
+        let mut out_dims = dims;
+        let last = out_dims.len() - 1;
+        out_dims[last] = self.config.vocab_size;
+        logits.reshape(out_dims)
+    }
+
+    /// [`Llama::logits`] without gradient tracking (faster for a few rows on the CPU).
+    pub fn logits_inference(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = hidden.dims().to_vec();
+        let rows = hidden.elem_count() / self.config.hidden_size;
+        let flat = hidden.reshape((rows, self.config.hidden_size))?;
+        let Some(logits) = few_rows_matmul_t(&flat, &self.lm_head)? else {
+            return self.logits(hidden);
+        };
+        let mut out_dims = dims;
+        let last = out_dims.len() - 1;
+        out_dims[last] = self.config.vocab_size;
+        logits.reshape(out_dims)
+    }
+
+    /// Logits of only `token_ids` for hidden states `(rows, hidden)` → `(rows, token_ids.len())`.
+    pub fn logits_for_tokens(
+        &self,
+        hidden: &Tensor,
+        token_ids: &[u32],
+    ) -> candle_core::Result<Tensor> {
+        let ids = Tensor::new(token_ids, &self.device)?;
+        let head = self.lm_head.index_select(&ids, 0)?;
+        hidden.matmul(&head.t()?)
+    }
+
+    /// Full forward without a cache from position 0 with a causal mask: logits `(batch, seq, vocab)`.
+    pub fn forward(&self, input_ids: &Tensor, differentiable: bool) -> candle_core::Result<Tensor> {
+        let (_, seq) = input_ids.dims2()?;
+        let mask = if seq > 1 {
+            Some(causal_mask(seq, 0, &self.device)?)
+        } else {
+            None
+        };
+        let hidden = self.forward_hidden(
+            input_ids,
+            Positions::Uniform(0),
+            None,
+            mask.as_ref(),
+            differentiable,
+        )?;
+        self.logits(&hidden)
+    }
+
+    fn rope_for(
+        &self,
+        positions: Positions<'_>,
+        batch: usize,
+        seq: usize,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let table_len = self.cos.dim(0)?;
+        match positions {
+            Positions::Uniform(start) => {
+                if start + seq > table_len {
+                    candle_core::bail!(
+                        "position {} is beyond the model's context of {table_len}",
+                        start + seq
+                    );
+                }
+                Ok((
+                    self.cos.narrow(0, start, seq)?,
+                    self.sin.narrow(0, start, seq)?,
+                ))
+            }
+            Positions::PerRow(starts) => {
+                if starts.len() != batch {
+                    candle_core::bail!("{} row positions for {batch} rows", starts.len());
+                }
+                let mut index = Vec::with_capacity(batch * seq);
+                for &start in starts {
+                    if start + seq > table_len {
+                        candle_core::bail!(
+                            "position {} is beyond the model's context of {table_len}",
+                            start + seq
+                        );
+                    }
+                    index.extend((start..start + seq).map(|p| p as u32));
+                }
+                let index = Tensor::new(index.as_slice(), &self.device)?;
+                let half = self.config.head_dim() / 2;
+                Ok((
+                    self.cos
+                        .index_select(&index, 0)?
+                        .reshape((batch, seq, half))?,
+                    self.sin
+                        .index_select(&index, 0)?
+                        .reshape((batch, seq, half))?,
+                ))
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        layer_index: usize,
+        attn: &Attention,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: Option<&mut KvCache>,
+        mask: Option<&Tensor>,
+        differentiable: bool,
+    ) -> candle_core::Result<Tensor> {
+        let (batch, seq, _) = x.dims3()?;
+        let heads = self.config.num_attention_heads;
+        let kv_heads = self.config.num_kv_heads();
+        let head_dim = self.config.head_dim();
+        let groups = heads / kv_heads;
+        let project = |linear: &Linear, x: &Tensor| {
+            if differentiable {
+                linear.forward(x)
+            } else {
+                linear.forward_inference(x)
+            }
+        };
+        let q = project(&attn.q_proj, x)?
+            .reshape((batch, seq, heads, head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = project(&attn.k_proj, x)?
+            .reshape((batch, seq, kv_heads, head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = project(&attn.v_proj, x)?
+            .reshape((batch, seq, kv_heads, head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let q = rope(&q, cos, sin, differentiable)?;
+        let k = rope(&k, cos, sin, differentiable)?;
+        let (k_all, v_all) = match cache {
+            Some(cache) => {
+                let offset = cache.len;
+                cache.keys[layer_index].slice_set(&k, 2, offset)?;
+                cache.values[layer_index].slice_set(&v, 2, offset)?;
+                (
+                    cache.keys[layer_index].narrow(2, 0, offset + seq)?,
+                    cache.values[layer_index].narrow(2, 0, offset + seq)?,
+                )
+            }
+            None => (k, v),
+        };
+        let total = k_all.dim(2)?;
+        // Grouped-query attention without copying K/V: the `groups` query heads that share one
+        // KV head are laid out next to each other, so they fold into the row dimension.
+        let q = (q * (1.0 / (head_dim as f64).sqrt()))?.reshape((
+            batch,
+            kv_heads,
+            groups * seq,
+            head_dim,
+        ))?;
+        let scores = q.matmul(&k_all.t()?)?;
+        let scores = match mask {
+            Some(mask) => scores
+                .reshape((batch, kv_heads, groups, seq, total))?
+                .broadcast_add(mask)?
+                .reshape((batch, kv_heads, groups * seq, total))?,
+            None => scores,
+        };
+        let probs = if differentiable {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
+        let out = probs
+            .matmul(&v_all)?
+            .reshape((batch, heads, seq, head_dim))?
+            .transpose(1, 2)?
+            .reshape((batch, seq, heads * head_dim))?;
+        project(&attn.o_proj, &out)
+    }
+}
+
+/// Additive causal mask `(1, 1, 1, seq, past + seq)`: query `i` sees keys `0..=past + i`.
+pub fn causal_mask(seq: usize, past: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let total = past + seq;
+    let mut values = vec![0f32; seq * total];
+    for i in 0..seq {
+        for j in past + i + 1..total {
+            values[i * total + j] = f32::NEG_INFINITY;
+        }
+    }
+    Tensor::from_vec(values, (1, 1, 1, seq, total), device)
+}
+
+/// Additive mask `(batch, 1, 1, 1, total)` for one new token per row, hiding each row's
+/// `pads[r]` leading (left-padding) positions.
+pub fn left_padding_mask(
+    pads: &[usize],
+    total: usize,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let mut values = vec![0f32; pads.len() * total];
+    for (row, &pad) in pads.iter().enumerate() {
+        for value in &mut values[row * total..row * total + pad.min(total)] {
+            *value = f32::NEG_INFINITY;
+        }
+    }
+    Tensor::from_vec(values, (pads.len(), 1, 1, 1, total), device)
+}
+
+fn rms_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    eps: f32,
+    differentiable: bool,
+) -> candle_core::Result<Tensor> {
+    if differentiable {
+        let hidden = x.dim(D::Minus1)? as f64;
+        let mean_square = (x.sqr()?.sum_keepdim(D::Minus1)? / hidden)?;
+        x.broadcast_div(&(mean_square + eps as f64)?.sqrt()?)?
+            .broadcast_mul(weight)
+    } else {
+        candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps)
+    }
+}
+
+/// HF-convention RoPE (rotate_half). `cos`/`sin` are `(seq, head_dim/2)` or `(batch, seq, head_dim/2)`.
+fn rope(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    differentiable: bool,
+) -> candle_core::Result<Tensor> {
+    if !differentiable {
+        return candle_nn::rotary_emb::rope(x, &cos.contiguous()?, &sin.contiguous()?);
+    }
+    let (batch, _, seq, head_dim) = x.dims4()?;
+    let half = head_dim / 2;
+    let (cos, sin) = if cos.rank() == 2 {
+        (
+            Tensor::cat(&[cos, cos], D::Minus1)?.reshape((1, 1, seq, head_dim))?,
+            Tensor::cat(&[sin, sin], D::Minus1)?.reshape((1, 1, seq, head_dim))?,
+        )
+    } else {
+        (
+            Tensor::cat(&[cos, cos], D::Minus1)?.reshape((batch, 1, seq, head_dim))?,
+            Tensor::cat(&[sin, sin], D::Minus1)?.reshape((batch, 1, seq, head_dim))?,
+        )
+    };
+    let first = x.narrow(D::Minus1, 0, half)?;
+    let second = x.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&second.neg()?, &first], D::Minus1)?;
+    x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+}
+
+fn rope_tables(config: &LlamaConfig, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+    let head_dim = config.head_dim();
+    let half = head_dim / 2;
+    let positions = config.max_position_embeddings.max(1);
+    let inv_freq: Vec<f64> = (0..half)
+        .map(|i| 1.0 / config.rope_theta.powf(2.0 * i as f64 / head_dim as f64))
+        .collect();
+    let mut cos = Vec::with_capacity(positions * half);
+    let mut sin = Vec::with_capacity(positions * half);
+    for p in 0..positions {
+        for f in &inv_freq {
+            let angle = p as f64 * f;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (positions, half), device)?,
+        Tensor::from_vec(sin, (positions, half), device)?,
+    ))
+}
+
+fn safetensors_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, LlmError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| LlmError::Load {
+        path: dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| LlmError::Load {
+            path: dir.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(LlmError::Load {
+            path: dir.display().to_string(),
+            message: "no *.safetensors file in the model directory".to_string(),
+        });
+    }
+    Ok(files)
+}
+
+/// The safetensors files of an HF model directory, sorted (used to fingerprint the weights).
+pub fn weight_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, LlmError> {
+    safetensors_files(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn few_rows_matmul_matches_candle_matmul_for_odd_shapes() {
+        let device = Device::Cpu;
+        for (rows, inner, out) in [(1, 576, 1536), (3, 37, 13), (8, 64, 7), (16, 200, 33)] {
+            let x = Tensor::randn(0f32, 1.0, (rows, inner), &device).unwrap();
+            let weight = Tensor::randn(0f32, 1.0, (out, inner), &device).unwrap();
+            let expected: Vec<Vec<f32>> =
+                x.matmul(&weight.t().unwrap()).unwrap().to_vec2().unwrap();
+            let actual: Vec<Vec<f32>> = few_rows_matmul_t(&x, &weight)
+                .unwrap()
+                .expect("applies to few f32 rows on the CPU")
+                .to_vec2()
+                .unwrap();
+            for (e_row, a_row) in expected.iter().zip(&actual) {
+                assert_eq!(e_row.len(), out);
+                for (e, a) in e_row.iter().zip(a_row) {
+                    assert!((e - a).abs() <= 1e-4 * (1.0 + e.abs()), "{e} vs {a}");
+                }
+            }
+        }
+        let many = Tensor::zeros((FEW_ROWS + 1, 8), DType::F32, &device).unwrap();
+        let weight = Tensor::zeros((4, 8), DType::F32, &device).unwrap();
+        assert!(few_rows_matmul_t(&many, &weight).unwrap().is_none());
+    }
+}

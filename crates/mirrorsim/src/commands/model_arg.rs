@@ -1,0 +1,48 @@
+//! The model a stage talks to: a local GGUF file / HF directory, or an OpenAI-compatible server.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use mirrorsim_llm::engine::{EngineOptions, LocalEngine};
+use mirrorsim_llm::http::{HttpBackend, HttpConfig};
+use mirrorsim_llm::Backend;
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Local model: a GGUF file or an HF model directory (default: SmolLM2-135M-Instruct).
+    #[arg(long, conflicts_with = "endpoint")]
+    pub model: Option<PathBuf>,
+    /// Use an OpenAI-compatible server instead (vLLM, SGLang, llama.cpp, Ollama, OpenAI),
+    /// e.g. http://127.0.0.1:8000/v1. The API key is read from $OPENAI_API_KEY.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// The served model name sent to --endpoint.
+    #[arg(long, requires = "endpoint")]
+    pub served_model: Option<String>,
+    /// Most requests in flight against --endpoint.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> anyhow::Result<Box<dyn Backend>> {
+        if let Some(url) = &self.endpoint {
+            let config = HttpConfig {
+                max_concurrency: self.concurrency,
+                ..HttpConfig::new(url.clone(), self.served_model.clone().unwrap_or_default())
+            };
+            let backend = HttpBackend::new(config)
+                .with_context(|| format!("configuring the HTTP backend {url}"))?;
+            return Ok(Box::new(backend));
+        }
+        let path = match &self.model {
+            Some(path) => path.clone(),
+            None => mirrorsim_llm::default_model::default_model_path()?,
+        };
+        tracing::info!("loading {}", path.display());
+        let engine = LocalEngine::load(&path, EngineOptions::default())
+            .with_context(|| format!("loading the model {}", path.display()))?;
+        Ok(Box::new(engine))
+    }
+}
