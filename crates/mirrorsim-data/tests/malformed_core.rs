@@ -7,10 +7,40 @@ use std::path::{Path, PathBuf};
 
 use mirrorsim_data::{read_source, Catalog, DataError, ReadOptions, ReadReport, SourceSpec};
 
-fn fixture(name: &str) -> PathBuf {
+fn stored_fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
+}
+
+/// The hand-written ML-100K / ML-1M layout fixtures are stored under neutral names (so that no
+/// file in the repository looks like the non-redistributable datasets) and laid out under their
+/// real folder and file names in a temp dir shared by this test binary.
+const RENAMED_LAYOUTS: &[(&str, &str)] = &[
+    ("movielens/ml-100k", "movielens/layout-100k"),
+    ("movielens/ml-1m", "movielens/layout-1m"),
+];
+
+fn fixture(name: &str) -> PathBuf {
+    static LAID_OUT: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    if !RENAMED_LAYOUTS.iter().any(|(real, _)| *real == name) {
+        return stored_fixture(name);
+    }
+    let root = LAID_OUT.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        for (real, stored) in RENAMED_LAYOUTS {
+            let folder = tmp.path().join(real);
+            std::fs::create_dir_all(&folder).unwrap();
+            for entry in std::fs::read_dir(stored_fixture(stored)).unwrap() {
+                let entry = entry.unwrap();
+                let file_name = entry.file_name().to_string_lossy().into_owned();
+                let real_name = file_name.strip_suffix(".fixture").unwrap_or(&file_name);
+                std::fs::copy(entry.path(), folder.join(real_name)).unwrap();
+            }
+        }
+        tmp
+    });
+    root.path().join(name)
 }
 
 fn read(

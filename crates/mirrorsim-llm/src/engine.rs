@@ -6,8 +6,10 @@
 //! Finished rows are dropped from the batch as it shrinks.
 //!
 //! Choice scoring prefills the shared prefix (the rendered prompt up to the continuation) once,
-//! broadcasts its cache to a batch of continuations (right-padded; a causal mask keeps padding
-//! invisible to real tokens) and reads the label logits at each continuation's last token.
+//! then runs a batch of continuations on top of it (right-padded; a causal mask keeps padding
+//! invisible to real tokens) without copying the prefix cache per row (see
+//! [`Llama::forward_hidden_after_prefix`]) and reads the label logits at each continuation's
+//! last token.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -561,7 +563,6 @@ impl LocalEngine {
         let device = self.model.device();
         let batch = sequences.len();
         let longest = sequences.iter().map(Vec::len).max().unwrap_or(0);
-        let past = prefix.map(KvCache::len).unwrap_or(0);
         let run = || -> candle_core::Result<Vec<Vec<f32>>> {
             let mut ids = Vec::with_capacity(batch * longest);
             for s in sequences {
@@ -569,20 +570,22 @@ impl LocalEngine {
                 ids.extend(std::iter::repeat_n(0u32, longest - s.len()));
             }
             let ids = Tensor::from_vec(ids, (batch, longest), device)?;
-            let mask = if longest > 1 {
-                Some(causal_mask(longest, past, device)?)
-            } else {
-                None
-            };
             let hidden = match prefix {
                 Some(prefix) => self.model.forward_hidden_after_prefix(&ids, prefix)?,
-                None => self.model.forward_hidden(
-                    &ids,
-                    Positions::Uniform(0),
-                    None,
-                    mask.as_ref(),
-                    false,
-                )?,
+                None => {
+                    let mask = if longest > 1 {
+                        Some(causal_mask(longest, 0, device)?)
+                    } else {
+                        None
+                    };
+                    self.model.forward_hidden(
+                        &ids,
+                        Positions::Uniform(0),
+                        None,
+                        mask.as_ref(),
+                        false,
+                    )?
+                }
             };
             let lasts = sequences
                 .iter()

@@ -39,14 +39,19 @@ fn shared_prefix_scoring_matches_transformers_at_600_tokens_of_context() {
     assert_eq!(labels, strings(&reference["labels"]));
     let request = ChoiceRequest {
         prompt: Prompt::Text {
-            text: scene["prompt_text"].as_str().expect("prompt text").to_string(),
+            text: scene["prompt_text"]
+                .as_str()
+                .expect("prompt text")
+                .to_string(),
         },
         continuations: strings(&scene["continuations"]),
         labels,
     };
     let scores = engine.score_choices(&[request]).expect("scoring");
     let ours = &scores[0].distributions;
-    let theirs = reference["distributions"].as_array().expect("distributions");
+    let theirs = reference["distributions"]
+        .as_array()
+        .expect("distributions");
     assert_eq!(ours.len(), theirs.len());
     let mut worst = 0.0f64;
     for (a, b) in ours.iter().zip(theirs) {

@@ -37,6 +37,8 @@ enum Command {
     Score(commands::distill::ScoreArgs),
     /// Select scenes by the uncertainty gap ΔEU and write SFT / DPO / direct training sets.
     Distill(commands::distill::DistillArgs),
+    /// Run a pipeline file: scenes → rationales → scores → distillation, resumable.
+    Run(commands::run::RunArgs),
     /// Chat with a model once, for a quick manual check.
     Chat(commands::chat::ChatArgs),
     /// Serve the local engine as an OpenAI-compatible HTTP server.
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Rationales(args) => commands::distill::run_rationales_cmd(args),
         Command::Score(args) => commands::distill::run_score_cmd(args),
         Command::Distill(args) => commands::distill::run_distill_cmd(args),
+        Command::Run(args) => commands::run::run(args),
         Command::Chat(args) => commands::chat::run(args),
         Command::ServeLlm(args) => commands::serve_llm::run(args),
         Command::Demo(args) => commands::demo::run(args),

@@ -1052,6 +1052,12 @@ impl Llama {
             groups * seq,
             head_dim,
         ))?;
+        if !differentiable && seq == 1 {
+            if let Some(out) = single_token_attention(&q, &k_all, &v_all, mask)? {
+                // With one position, (batch, heads, 1, head_dim) is already (batch, 1, hidden).
+                return project(&attn.o_proj, &out.reshape((batch, seq, heads * head_dim))?);
+            }
+        }
         let scores = q.matmul(&k_all.t()?)?;
         let scores = match mask {
             Some(mask) => scores
@@ -1072,6 +1078,110 @@ impl Llama {
             .reshape((batch, seq, heads * head_dim))?;
         project(&attn.o_proj, &out)
     }
+}
+
+/// A float slice of a CPU f32 tensor's storage, from the tensor's start offset to the end of
+/// the storage, with the tensor's strides.
+fn with_cpu_f32<R>(tensor: &Tensor, f: impl FnOnce(&[f32], &[usize]) -> R) -> Option<R> {
+    let (storage, layout) = tensor.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) => {
+            Some(f(&data[layout.start_offset()..], layout.stride()))
+        }
+        _ => None,
+    }
+}
+
+/// Attention of one new token per row, on the CPU in f32, straight from the cache buffers:
+/// `q` `(batch, kv_heads, groups, head_dim)` (already scaled), `keys`/`values`
+/// `(batch, kv_heads, total, head_dim)` (e.g. a narrowed cache, positions `head_dim` apart),
+/// `mask` additive, `(batch or 1, 1, 1, 1, total)`. Returns `(batch, kv_heads, groups, head_dim)`,
+/// or `None` where this does not apply. The batched small matmuls it replaces each packed their
+/// operands, which cost more than the arithmetic at decode time.
+fn single_token_attention(
+    q: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    mask: Option<&Tensor>,
+) -> candle_core::Result<Option<Tensor>> {
+    use rayon::prelude::*;
+    let (batch, kv_heads, groups, head_dim) = q.dims4()?;
+    let (_, _, total, _) = keys.dims4()?;
+    if !matches!(q.device(), Device::Cpu)
+        || q.dtype() != DType::F32
+        || keys.dtype() != DType::F32
+        || values.dtype() != DType::F32
+        || keys.dims4()? != (batch, kv_heads, total, head_dim)
+        || values.dims4()? != (batch, kv_heads, total, head_dim)
+        || total == 0
+    {
+        return Ok(None);
+    }
+    let mask_values: Option<Vec<f32>> = match mask {
+        Some(mask) => Some(mask.flatten_all()?.to_vec1()?),
+        None => None,
+    };
+    let mask_rows = match &mask_values {
+        Some(m) if m.len() == total => 1,
+        Some(m) if m.len() == batch * total => batch,
+        Some(_) => return Ok(None),
+        None => 0,
+    };
+    let queries: Vec<f32> = q.flatten_all()?.to_vec1()?;
+    let tile = tile_kernel();
+    let mut out = vec![0f32; batch * kv_heads * groups * head_dim];
+    let computed = with_cpu_f32(keys, |key_data, key_strides| {
+        with_cpu_f32(values, |value_data, value_strides| {
+            let rows_ok = |strides: &[usize]| strides[3] == 1 && strides[2] == head_dim;
+            if !rows_ok(key_strides) || !rows_ok(value_strides) {
+                return false;
+            }
+            out.par_chunks_mut(groups * head_dim)
+                .enumerate()
+                .for_each(|(pair, out_rows)| {
+                    let (b, h) = (pair / kv_heads, pair % kv_heads);
+                    let key_base = b * key_strides[0] + h * key_strides[1];
+                    let value_base = b * value_strides[0] + h * value_strides[1];
+                    let key_block = &key_data[key_base..key_base + total * head_dim];
+                    let value_block = &value_data[value_base..value_base + total * head_dim];
+                    let query_block =
+                        &queries[pair * groups * head_dim..(pair + 1) * groups * head_dim];
+                    let mut scores = vec![0f32; total * groups];
+                    tile(key_block, query_block, head_dim, &mut scores);
+                    let mask_row = mask_values.as_ref().map(|m| {
+                        let row = if mask_rows == 1 { 0 } else { b };
+                        &m[row * total..(row + 1) * total]
+                    });
+                    for (g, out_row) in out_rows.chunks_mut(head_dim).enumerate() {
+                        let mut max = f32::NEG_INFINITY;
+                        for t in 0..total {
+                            let score = &mut scores[t * groups + g];
+                            if let Some(mask_row) = mask_row {
+                                *score += mask_row[t];
+                            }
+                            max = max.max(*score);
+                        }
+                        let mut sum = 0f32;
+                        for t in 0..total {
+                            let weight = (scores[t * groups + g] - max).exp();
+                            scores[t * groups + g] = weight;
+                            sum += weight;
+                        }
+                        for (t, value_row) in value_block.chunks_exact(head_dim).enumerate() {
+                            let p = scores[t * groups + g] / sum;
+                            for (o, v) in out_row.iter_mut().zip(value_row) {
+                                *o += p * v;
+                            }
+                        }
+                    }
+                });
+            true
+        })
+    });
+    if computed != Some(Some(true)) {
+        return Ok(None);
+    }
+    Tensor::from_vec(out, (batch, kv_heads, groups, head_dim), q.device()).map(Some)
 }
 
 /// Additive causal mask `(1, 1, 1, seq, past + seq)`: query `i` sees keys `0..=past + i`.

@@ -75,6 +75,9 @@ struct DemoSummary {
     distill_kept: usize,
     example_scene: String,
     example_rationale: String,
+    /// LLM requests answered from the run journal / sent to the model in this run.
+    journal_hits: u64,
+    journal_misses: u64,
     seconds: DemoTimings,
 }
 
@@ -234,6 +237,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         distill_kept: distilled.summary.kept,
         example_scene: example.id.clone(),
         example_rationale,
+        journal_hits: journaled.counts().hits,
+        journal_misses: journaled.counts().misses,
         seconds: timings,
     };
     let summary_path = run_dir.join("demo.summary.json");

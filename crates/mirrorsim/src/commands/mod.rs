@@ -3,5 +3,7 @@ pub mod data;
 pub mod demo;
 pub mod distill;
 pub mod model_arg;
+pub mod run;
 pub mod scenes;
 pub mod serve_llm;
+pub mod shard;

@@ -1,0 +1,812 @@
+//! `mirrorsim run PIPELINE.toml`: scenes → rationales (strong, weak) → predictor scores →
+//! distillation into one run directory. Each stage stores a fingerprint (sha256 of its config
+//! and of its input files) in `stages.json` and is skipped while it matches and its outputs
+//! exist; every LLM call goes through the run journal, so even a rerun stage repeats no request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use mirrorsim_data::scenes::{build_scenes, write_scenes, SceneConfig, SceneRecord};
+use mirrorsim_data::{read_source, ReadOptions, SourceSpec};
+use mirrorsim_distill::records::{read_jsonl, write_jsonl};
+use mirrorsim_distill::stages::{read_rationales, read_scenes, DistillPaths};
+use mirrorsim_distill::{
+    distill, generate_rationales, score_rationales, write_distill, DistillConfig, GenerateConfig,
+    Journal, JournaledBackend, RationaleRecord, Role, ScoreConfig, ScoreRecord, StageSummary,
+};
+use mirrorsim_llm::engine::{EngineOptions, LocalEngine};
+use mirrorsim_llm::http::{HttpBackend, HttpConfig};
+use mirrorsim_llm::Backend;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::shard::{merge_shard_files, Shard};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The pipeline file (see configs/demo.toml).
+    pipeline: PathBuf,
+    /// Run only this shard of the LLM stages (scenes partitioned by a hash of their id), e.g. 0/4.
+    #[arg(long, conflicts_with = "merge_shards")]
+    shard: Option<Shard>,
+    /// Merge the outputs of shards 0..N into the unsharded files, then distill.
+    #[arg(long, value_name = "N")]
+    merge_shards: Option<usize>,
+    /// Stages to run (default: all), comma-separated: scenes,rationales,score,distill.
+    #[arg(long, value_delimiter = ',')]
+    stages: Option<Vec<StageName>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StageName {
+    Scenes,
+    Rationales,
+    Score,
+    Distill,
+}
+
+/// The pipeline file. Relative paths are relative to the file's folder.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Pipeline {
+    run_dir: PathBuf,
+    source: SourceSection,
+    #[serde(default)]
+    scenes: SceneConfig,
+    models: BTreeMap<String, ModelEntry>,
+    rationales: RationalesSection,
+    score: ScoreSection,
+    #[serde(default)]
+    distill: DistillConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceSection {
+    /// FORMAT:PATH, e.g. movielens:../data/ml-latest-small.
+    spec: String,
+    #[serde(default)]
+    skip_bad_rows: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelEntry {
+    /// A GGUF file or an HF model directory; "default" or absent: the default SmolLM2.
+    path: Option<PathBuf>,
+    /// An OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (API key from $OPENAI_API_KEY).
+    endpoint: Option<String>,
+    served_model: Option<String>,
+    max_concurrency: Option<usize>,
+    /// Dollars per million prompt / completion tokens, for the cost line of HTTP stages.
+    price_per_million_input: Option<f64>,
+    price_per_million_output: Option<f64>,
+}
+
+/// What identifies a model's answers (not its concurrency or price).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+enum ModelIdentity {
+    Local(PathBuf),
+    Http {
+        endpoint: String,
+        served_model: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SceneSplit {
+    Train,
+    Eval,
+}
+
+fn default_split() -> SceneSplit {
+    SceneSplit::Train
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RationalesSection {
+    strong_model: String,
+    weak_model: String,
+    #[serde(default = "default_n")]
+    n: usize,
+    #[serde(default = "default_temperature")]
+    temperature: f32,
+    strong_temperature: Option<f32>,
+    weak_temperature: Option<f32>,
+    #[serde(default = "default_top_p")]
+    top_p: f32,
+    #[serde(default = "default_max_tokens")]
+    max_tokens: usize,
+    #[serde(default)]
+    seed: u64,
+    /// Which scene file the LLM stages read.
+    #[serde(default = "default_split")]
+    scenes: SceneSplit,
+    /// Only the first this many scenes of that file.
+    max_scenes: Option<usize>,
+}
+
+fn default_n() -> usize {
+    GenerateConfig::default().n
+}
+fn default_temperature() -> f32 {
+    GenerateConfig::default().temperature
+}
+fn default_top_p() -> f32 {
+    GenerateConfig::default().top_p
+}
+fn default_max_tokens() -> usize {
+    GenerateConfig::default().max_tokens
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScoreSection {
+    predictor_model: String,
+    #[serde(default)]
+    seed: u64,
+}
+
+impl Pipeline {
+    fn load(path: &Path) -> anyhow::Result<Pipeline> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the pipeline file {}", path.display()))?;
+        let mut pipeline: Pipeline = toml::from_str(&text)
+            .with_context(|| format!("in the pipeline file {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        pipeline.resolve_paths(base)?;
+        pipeline.check_model_names(path)?;
+        Ok(pipeline)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) -> anyhow::Result<()> {
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        self.run_dir = resolve(&self.run_dir);
+        let mut spec: SourceSpec = self
+            .source
+            .spec
+            .parse()
+            .with_context(|| format!("[source] spec = {:?}", self.source.spec))?;
+        spec.path = resolve(&spec.path);
+        self.source.spec = spec.to_string();
+        if let Some(dir) = &self.scenes.prompts_dir {
+            self.scenes.prompts_dir = Some(resolve(dir));
+        }
+        for entry in self.models.values_mut() {
+            if let Some(path) = &entry.path {
+                if path != Path::new("default") {
+                    entry.path = Some(resolve(path));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_model_names(&self, file: &Path) -> anyhow::Result<()> {
+        for (field, name) in [
+            ("[rationales] strong_model", &self.rationales.strong_model),
+            ("[rationales] weak_model", &self.rationales.weak_model),
+            ("[score] predictor_model", &self.score.predictor_model),
+        ] {
+            if !self.models.contains_key(name) {
+                bail!(
+                    "{}: {field} = {name:?} names no [models.{name}] entry (entries: {})",
+                    file.display(),
+                    self.models.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        for (name, entry) in &self.models {
+            if entry.endpoint.is_some() && entry.path.is_some() {
+                bail!(
+                    "{}: [models.{name}] has both path and endpoint; give one",
+                    file.display()
+                );
+            }
+            if entry.endpoint.is_some() && entry.served_model.is_none() {
+                bail!(
+                    "{}: [models.{name}] has an endpoint but no served_model",
+                    file.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn scenes_file(&self) -> PathBuf {
+        let name = match self.rationales.scenes {
+            SceneSplit::Train => "scenes.train.jsonl",
+            SceneSplit::Eval => "scenes.eval.jsonl",
+        };
+        self.run_dir.join("scenes").join(name)
+    }
+
+    fn generate_config(&self, role: Role) -> GenerateConfig {
+        let section = &self.rationales;
+        let temperature = match role {
+            Role::Strong => section.strong_temperature,
+            Role::Weak => section.weak_temperature,
+        }
+        .unwrap_or(section.temperature);
+        GenerateConfig {
+            n: section.n,
+            temperature,
+            top_p: section.top_p,
+            max_tokens: section.max_tokens,
+            seed: section.seed,
+            ..GenerateConfig::default()
+        }
+    }
+
+    fn model_of(&self, role: Role) -> &str {
+        match role {
+            Role::Strong => &self.rationales.strong_model,
+            Role::Weak => &self.rationales.weak_model,
+        }
+    }
+}
+
+impl ModelEntry {
+    fn identity(&self) -> anyhow::Result<ModelIdentity> {
+        if let Some(endpoint) = &self.endpoint {
+            return Ok(ModelIdentity::Http {
+                endpoint: endpoint.clone(),
+                served_model: self.served_model.clone().unwrap_or_default(),
+            });
+        }
+        let path = match &self.path {
+            Some(path) if path != Path::new("default") => path.clone(),
+            _ => mirrorsim_llm::default_model::default_model_path()?,
+        };
+        Ok(ModelIdentity::Local(path))
+    }
+}
+
+/// Models loaded on first use, each distinct one once.
+#[derive(Default)]
+struct Models {
+    loaded: HashMap<ModelIdentity, Box<dyn Backend>>,
+}
+
+impl Models {
+    fn get(&mut self, name: &str, entry: &ModelEntry) -> anyhow::Result<&dyn Backend> {
+        let identity = entry.identity()?;
+        if !self.loaded.contains_key(&identity) {
+            let backend: Box<dyn Backend> = match &identity {
+                ModelIdentity::Http {
+                    endpoint,
+                    served_model,
+                } => {
+                    let defaults = HttpConfig::new(endpoint.clone(), served_model.clone());
+                    let config = HttpConfig {
+                        max_concurrency: entry.max_concurrency.unwrap_or(defaults.max_concurrency),
+                        ..defaults
+                    };
+                    Box::new(HttpBackend::new(config).with_context(|| {
+                        format!("configuring model {name}: the HTTP backend {endpoint}")
+                    })?)
+                }
+                ModelIdentity::Local(path) => {
+                    eprintln!("loading model {name} from {}", path.display());
+                    Box::new(
+                        LocalEngine::load(path, EngineOptions::default()).with_context(|| {
+                            format!("loading model {name} from {}", path.display())
+                        })?,
+                    )
+                }
+            };
+            self.loaded.insert(identity.clone(), backend);
+        }
+        self.loaded
+            .get(&identity)
+            .map(|b| b.as_ref())
+            .context("a loaded model went missing")
+    }
+}
+
+/// Per-stage fingerprints, `stages.json` (one file per shard so machines never share it).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StageRecord {
+    fingerprints: BTreeMap<String, String>,
+}
+
+struct Runner<'a> {
+    pipeline: &'a Pipeline,
+    selected: Option<Vec<StageName>>,
+    record_path: PathBuf,
+    record: StageRecord,
+    models: Models,
+    journal: Option<Journal>,
+    journal_path: PathBuf,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// sha256 over the names and contents of `path` (a file, or every file below a folder).
+fn hash_inputs(paths: &[PathBuf]) -> anyhow::Result<String> {
+    let mut hasher = Sha256::new();
+    for path in paths {
+        let mut files = Vec::new();
+        collect_files(path, &mut files)?;
+        files.sort();
+        for file in files {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            hasher.update(file.to_string_lossy().as_bytes());
+            hasher.update(Sha256::digest(&bytes));
+        }
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("input {} does not exist", path.display()))?;
+    if meta.is_dir() {
+        for entry in
+            std::fs::read_dir(path).with_context(|| format!("listing {}", path.display()))?
+        {
+            collect_files(&entry?.path(), out)?;
+        }
+    } else {
+        out.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+impl<'a> Runner<'a> {
+    fn wants(&self, stage: StageName) -> bool {
+        self.selected.as_ref().is_none_or(|s| s.contains(&stage))
+    }
+
+    fn fingerprint<C: Serialize>(&self, config: &C, inputs: &[PathBuf]) -> anyhow::Result<String> {
+        let config_hash = sha256_hex(&serde_json::to_vec(config)?);
+        Ok(sha256_hex(
+            format!("{config_hash}\n{}", hash_inputs(inputs)?).as_bytes(),
+        ))
+    }
+
+    fn up_to_date(&self, key: &str, fingerprint: &str, outputs: &[PathBuf]) -> bool {
+        self.record.fingerprints.get(key).map(String::as_str) == Some(fingerprint)
+            && outputs.iter().all(|p| p.exists())
+    }
+
+    fn mark_done(&mut self, key: &str, fingerprint: String) -> anyhow::Result<()> {
+        self.record.fingerprints.insert(key.to_owned(), fingerprint);
+        mirrorsim_data::io::write_atomic(&self.record_path, |w| {
+            serde_json::to_writer_pretty(&mut *w, &self.record)?;
+            w.write_all(b"\n")
+        })
+        .with_context(|| format!("writing {}", self.record_path.display()))?;
+        Ok(())
+    }
+
+    fn journal(&mut self) -> anyhow::Result<&Journal> {
+        if self.journal.is_none() {
+            let journal = Journal::open(&self.journal_path).with_context(|| {
+                format!("opening the run journal {}", self.journal_path.display())
+            })?;
+            self.journal = Some(journal);
+        }
+        self.journal.as_ref().context("the journal went missing")
+    }
+
+    fn scenes_stage(&mut self) -> anyhow::Result<()> {
+        let p = self.pipeline;
+        let spec: SourceSpec = p.source.spec.parse()?;
+        let dir = p.run_dir.join("scenes");
+        let outputs = [
+            dir.join("scenes.train.jsonl"),
+            dir.join("scenes.eval.jsonl"),
+            dir.join("scenes.summary.json"),
+        ];
+        let mut inputs = vec![spec.path.clone()];
+        inputs.extend(p.scenes.prompts_dir.clone());
+        let fingerprint = self.fingerprint(&(&p.source, &p.scenes), &inputs)?;
+        if self.up_to_date("scenes", &fingerprint, &outputs) {
+            println!("scenes: up to date");
+            return Ok(());
+        }
+        let options = ReadOptions {
+            skip_bad_rows: p.source.skip_bad_rows,
+        };
+        let (catalog, _) =
+            read_source(&spec, &options).with_context(|| format!("reading {spec}"))?;
+        let set = build_scenes(&catalog, &p.scenes)?;
+        write_scenes(&dir, &set)?;
+        println!(
+            "scenes: {} train, {} eval → {}",
+            set.train.len(),
+            set.eval.len(),
+            dir.display()
+        );
+        self.mark_done("scenes", fingerprint)
+    }
+
+    /// The scenes the LLM stages work on: the configured file, its first `max_scenes`.
+    fn stage_scenes(&self) -> anyhow::Result<Vec<SceneRecord>> {
+        let path = self.pipeline.scenes_file();
+        let mut scenes = read_scenes(&path)
+            .with_context(|| format!("reading {} (run the scenes stage first)", path.display()))?;
+        if let Some(max) = self.pipeline.rationales.max_scenes {
+            scenes.truncate(max);
+        }
+        Ok(scenes)
+    }
+
+    fn print_cost(&self, model_name: &str, summary: &StageSummary) {
+        let Some(entry) = self.pipeline.models.get(model_name) else {
+            return;
+        };
+        if entry.endpoint.is_none() {
+            return;
+        }
+        let input = entry.price_per_million_input.unwrap_or(0.0);
+        let output = entry.price_per_million_output.unwrap_or(0.0);
+        let cost = summary.prompt_tokens as f64 / 1e6 * input
+            + summary.completion_tokens as f64 / 1e6 * output;
+        println!(
+            "  cost ({model_name}): {} tokens in × ${input}/M + {} out × ${output}/M = ${cost:.4}",
+            summary.prompt_tokens, summary.completion_tokens
+        );
+    }
+
+    fn model_fingerprint(&self, name: &str) -> anyhow::Result<ModelIdentity> {
+        self.pipeline
+            .models
+            .get(name)
+            .with_context(|| format!("no [models.{name}] entry"))?
+            .identity()
+    }
+
+    fn rationales_stage(&mut self, role: Role, shard: Option<Shard>) -> anyhow::Result<()> {
+        let p = self.pipeline;
+        let file = format!("rationales.{}.jsonl", role.name());
+        let (key, out) = output_names(&p.run_dir, &file, shard);
+        let config = p.generate_config(role);
+        let model_name = p.model_of(role).to_owned();
+        let identity = self.model_fingerprint(&model_name)?;
+        let selection = (&p.rationales.scenes, p.rationales.max_scenes);
+        let fingerprint = self.fingerprint(
+            &(&config, &identity, selection, shard.map(|s| s.to_string())),
+            &[p.scenes_file()],
+        )?;
+        if self.up_to_date(&key, &fingerprint, std::slice::from_ref(&out)) {
+            println!("{key}: up to date");
+            return Ok(());
+        }
+        let scenes = in_shard(self.stage_scenes()?, shard);
+        let entry = p.models.get(&model_name).context("model entry missing")?;
+        self.journal()?;
+        let backend = self.models.get(&model_name, entry)?;
+        let journal = self.journal.as_ref().context("the journal went missing")?;
+        let journaled = JournaledBackend::new(backend, journal);
+        let (records, summary) = generate_rationales(&scenes, &journaled, role, &config)?;
+        write_jsonl(&out, &records)?;
+        let counts = journaled.counts();
+        println!(
+            "{key}: {summary} ({} from the journal, {} sent to {model_name}) → {}",
+            counts.hits,
+            counts.misses,
+            out.display()
+        );
+        self.print_cost(&model_name, &summary);
+        self.mark_done(&key, fingerprint)
+    }
+
+    fn score_stage(&mut self, shard: Option<Shard>) -> anyhow::Result<()> {
+        let p = self.pipeline;
+        let (key, out) = output_names(&p.run_dir, "scores.jsonl", shard);
+        let rationale_files: Vec<PathBuf> = [Role::Strong, Role::Weak]
+            .iter()
+            .map(|role| {
+                output_names(
+                    &p.run_dir,
+                    &format!("rationales.{}.jsonl", role.name()),
+                    shard,
+                )
+                .1
+            })
+            .collect();
+        let config = ScoreConfig {
+            seed: p.score.seed,
+            ..ScoreConfig::default()
+        };
+        let model_name = p.score.predictor_model.clone();
+        let identity = self.model_fingerprint(&model_name)?;
+        let selection = (&p.rationales.scenes, p.rationales.max_scenes);
+        let mut inputs = vec![p.scenes_file()];
+        inputs.extend(rationale_files.iter().cloned());
+        let fingerprint = self.fingerprint(
+            &(&config, &identity, selection, shard.map(|s| s.to_string())),
+            &inputs,
+        )?;
+        if self.up_to_date(&key, &fingerprint, std::slice::from_ref(&out)) {
+            println!("{key}: up to date");
+            return Ok(());
+        }
+        let scenes = in_shard(self.stage_scenes()?, shard);
+        let rationales = read_rationales(&rationale_files)?;
+        let entry = p.models.get(&model_name).context("model entry missing")?;
+        self.journal()?;
+        let backend = self.models.get(&model_name, entry)?;
+        let journal = self.journal.as_ref().context("the journal went missing")?;
+        let journaled = JournaledBackend::new(backend, journal);
+        let (records, summary) = score_rationales(&scenes, &rationales, &journaled, &config)?;
+        write_jsonl(&out, &records)?;
+        let counts = journaled.counts();
+        println!(
+            "{key}: {summary} ({} from the journal, {} sent to {model_name}) → {}",
+            counts.hits,
+            counts.misses,
+            out.display()
+        );
+        self.print_cost(&model_name, &summary);
+        self.mark_done(&key, fingerprint)
+    }
+
+    fn distill_stage(&mut self) -> anyhow::Result<()> {
+        let p = self.pipeline;
+        let dir = p.run_dir.join("distill");
+        let paths = DistillPaths::in_dir(&dir);
+        let outputs = [
+            paths.sft.clone(),
+            paths.dpo.clone(),
+            paths.direct.clone(),
+            paths.candidates.clone(),
+            paths.summary.clone(),
+        ];
+        let rationale_files = vec![
+            p.run_dir.join("rationales.strong.jsonl"),
+            p.run_dir.join("rationales.weak.jsonl"),
+        ];
+        let scores_path = p.run_dir.join("scores.jsonl");
+        let mut inputs = vec![p.scenes_file(), scores_path.clone()];
+        inputs.extend(rationale_files.iter().cloned());
+        let selection = (&p.rationales.scenes, p.rationales.max_scenes);
+        let fingerprint = self.fingerprint(&(&p.distill, selection), &inputs)?;
+        if self.up_to_date("distill", &fingerprint, &outputs) {
+            println!("distill: up to date");
+            return Ok(());
+        }
+        let scenes = self.stage_scenes()?;
+        let scores: Vec<ScoreRecord> = read_jsonl(&scores_path, "score")?;
+        let rationales: Vec<RationaleRecord> = read_rationales(&rationale_files)?;
+        let output = distill(&scenes, &scores, &rationales, &p.distill)?;
+        write_distill(&dir, &output)?;
+        let s = &output.summary;
+        println!(
+            "distill: {} scenes → {} candidates → {} kept by {} (top-K {}) → {}",
+            s.scenes,
+            s.candidates,
+            s.kept,
+            s.selector.name(),
+            s.top_k,
+            dir.display()
+        );
+        self.mark_done("distill", fingerprint)
+    }
+
+    /// Concatenates the shard outputs of the three LLM stages, then records them under the
+    /// unsharded fingerprints so a later plain run finds them up to date.
+    fn merge(&mut self, count: usize) -> anyhow::Result<()> {
+        if count == 0 {
+            bail!("--merge-shards needs at least 1 shard");
+        }
+        let p = self.pipeline;
+        let scenes = self.stage_scenes()?;
+        self.adopt_shard_scenes_fingerprint(count)?;
+        for role in [Role::Strong, Role::Weak] {
+            let file = format!("rationales.{}.jsonl", role.name());
+            let out = merge_shard_files::<RationaleRecord>(
+                &p.run_dir,
+                &file,
+                count,
+                &scenes,
+                "rationale",
+            )?;
+            println!("merged {count} shards → {}", out.display());
+        }
+        let out =
+            merge_shard_files::<ScoreRecord>(&p.run_dir, "scores.jsonl", count, &scenes, "score")?;
+        println!("merged {count} shards → {}", out.display());
+
+        let selection = (&p.rationales.scenes, p.rationales.max_scenes);
+        let no_shard: Option<String> = None;
+        for role in [Role::Strong, Role::Weak] {
+            let identity = self.model_fingerprint(p.model_of(role))?;
+            let fingerprint = self.fingerprint(
+                &(&p.generate_config(role), &identity, selection, &no_shard),
+                &[p.scenes_file()],
+            )?;
+            self.mark_done(&format!("rationales.{}", role.name()), fingerprint)?;
+        }
+        let identity = self.model_fingerprint(&p.score.predictor_model)?;
+        let config = ScoreConfig {
+            seed: p.score.seed,
+            ..ScoreConfig::default()
+        };
+        let fingerprint = self.fingerprint(
+            &(&config, &identity, selection, &no_shard),
+            &[
+                p.scenes_file(),
+                p.run_dir.join("rationales.strong.jsonl"),
+                p.run_dir.join("rationales.weak.jsonl"),
+            ],
+        )?;
+        self.mark_done("scores", fingerprint)
+    }
+}
+
+impl Runner<'_> {
+    /// The shards built the scenes (each the same, from the same config); when all of them
+    /// recorded the same scenes fingerprint, the merged run takes it over.
+    fn adopt_shard_scenes_fingerprint(&mut self, count: usize) -> anyhow::Result<()> {
+        let mut agreed: Option<String> = None;
+        for index in 0..count {
+            let shard = Shard { index, count };
+            let path = self.pipeline.run_dir.join(format!("stages.{shard}.json"));
+            let Some(record) = read_stage_record(&path)? else {
+                return Ok(());
+            };
+            let Some(fingerprint) = record.fingerprints.get("scenes") else {
+                return Ok(());
+            };
+            match &agreed {
+                Some(seen) if seen != fingerprint => return Ok(()),
+                _ => agreed = Some(fingerprint.clone()),
+            }
+        }
+        match agreed {
+            Some(fingerprint) => self.mark_done("scenes", fingerprint),
+            None => Ok(()),
+        }
+    }
+}
+
+fn read_stage_record(path: &Path) -> anyhow::Result<Option<StageRecord>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let record =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(Some(record))
+}
+
+/// The stage key and output path: `scores` / `RUN/scores.jsonl`, or with a shard
+/// `scores.shard-0-of-2` / `RUN/scores.shard-0-of-2.jsonl`.
+fn output_names(run_dir: &Path, unsharded: &str, shard: Option<Shard>) -> (String, PathBuf) {
+    let file = match shard {
+        Some(shard) => shard.file_name(unsharded),
+        None => unsharded.to_owned(),
+    };
+    let key = file.strip_suffix(".jsonl").unwrap_or(&file).to_owned();
+    (key, run_dir.join(file))
+}
+
+fn in_shard(scenes: Vec<SceneRecord>, shard: Option<Shard>) -> Vec<SceneRecord> {
+    match shard {
+        Some(shard) => scenes
+            .into_iter()
+            .filter(|s| shard.contains(&s.id))
+            .collect(),
+        None => scenes,
+    }
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let pipeline = Pipeline::load(&args.pipeline)?;
+    std::fs::create_dir_all(&pipeline.run_dir)
+        .with_context(|| format!("creating {}", pipeline.run_dir.display()))?;
+    let resolved = pipeline.run_dir.join("pipeline.resolved.json");
+    mirrorsim_data::io::write_atomic(&resolved, |w| {
+        serde_json::to_writer_pretty(&mut *w, &pipeline)?;
+        w.write_all(b"\n")
+    })
+    .with_context(|| format!("writing {}", resolved.display()))?;
+
+    let suffix = args.shard.map(|s| format!(".{s}")).unwrap_or_default();
+    let record_path = pipeline.run_dir.join(format!("stages{suffix}.json"));
+    let record = read_stage_record(&record_path)?.unwrap_or_default();
+    let mut runner = Runner {
+        pipeline: &pipeline,
+        selected: args.stages.clone(),
+        record_path,
+        record,
+        models: Models::default(),
+        journal: None,
+        journal_path: pipeline.run_dir.join(format!("journal{suffix}.sqlite")),
+    };
+
+    if let Some(count) = args.merge_shards {
+        runner.merge(count)?;
+        return runner.distill_stage();
+    }
+    if runner.wants(StageName::Scenes) {
+        runner.scenes_stage()?;
+    }
+    if runner.wants(StageName::Rationales) {
+        runner.rationales_stage(Role::Strong, args.shard)?;
+        runner.rationales_stage(Role::Weak, args.shard)?;
+    }
+    if runner.wants(StageName::Score) {
+        runner.score_stage(args.shard)?;
+    }
+    if runner.wants(StageName::Distill) {
+        if let Some(shard) = args.shard {
+            println!(
+                "distill: waits for the merge (run with --merge-shards {})",
+                shard.count
+            );
+        } else {
+            runner.distill_stage()?;
+        }
+    }
+    println!("run directory {}", pipeline.run_dir.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped_config(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../configs")
+            .join(name)
+    }
+
+    #[test]
+    fn shipped_configs_parse_and_resolve_paths_against_their_folder() {
+        let demo = Pipeline::load(&shipped_config("demo.toml")).unwrap();
+        assert!(demo.run_dir.ends_with("configs/../runs/demo-pipeline"));
+        assert_eq!(demo.rationales.max_scenes, Some(8));
+        assert_eq!(demo.generate_config(Role::Strong).temperature, 0.7);
+        assert_eq!(demo.generate_config(Role::Weak).temperature, 1.3);
+        let spec: SourceSpec = demo.source.spec.parse().unwrap();
+        assert!(
+            spec.path.join("ratings.csv").exists(),
+            "{}",
+            spec.path.display()
+        );
+
+        let ml1m = Pipeline::load(&shipped_config("ml-1m.toml")).unwrap();
+        assert_eq!(ml1m.scenes.eval_options, 5);
+        assert_eq!(ml1m.rationales.n, 10);
+        assert_eq!(ml1m.distill.top_k, 10_000);
+        let spec: SourceSpec = ml1m.source.spec.parse().unwrap();
+        assert!(
+            spec.path.join("ml-1m.item").exists(),
+            "{}",
+            spec.path.display()
+        );
+        let strong = &ml1m.models[&ml1m.rationales.strong_model];
+        assert!(strong
+            .path
+            .as_ref()
+            .unwrap()
+            .ends_with("models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"));
+        assert_eq!(ml1m.rationales.weak_model, ml1m.score.predictor_model);
+    }
+}

@@ -1,0 +1,298 @@
+//! `mirrorsim run PIPELINE.toml` end to end with the real default model on a tiny pipeline:
+//! outputs, up-to-date skipping with no new journal rows, shards + merge equal to the unsharded
+//! run, and config errors that name the bad key.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use mirrorsim_distill::Journal;
+
+fn embedded_dataset() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/ml-latest-small")
+}
+
+fn tiny_pipeline(dir: &Path, run_dir: &str) -> PathBuf {
+    let text = format!(
+        r#"run_dir = "{run_dir}"
+
+[source]
+spec = "movielens:{data}"
+
+[scenes]
+max_train_scenes = 6
+max_eval_scenes = 2
+history_len = 3
+train_options = {{ min = 2, max = 3 }}
+# With this seed the first two train scenes hash to shards 1 and 0 of 2: each shard gets one,
+# and the merge has to restore the scene-file order.
+seed = 4
+
+[models.small]
+path = "default"
+
+[models.same-small]
+
+[rationales]
+strong_model = "small"
+weak_model = "same-small"
+n = 2
+strong_temperature = 0.7
+weak_temperature = 1.3
+max_tokens = 16
+seed = 3
+max_scenes = 2
+
+[score]
+predictor_model = "small"
+seed = 5
+
+[distill]
+top_k = 2
+"#,
+        data = embedded_dataset().display()
+    );
+    let path = dir.join(format!("{run_dir}.toml"));
+    fs::write(&path, text).unwrap();
+    path
+}
+
+fn mirrorsim(args: &[&str]) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_mirrorsim"))
+        .args(args)
+        .output()
+        .unwrap();
+    eprintln!(
+        "$ mirrorsim {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let output = mirrorsim(args);
+    assert!(output.status.success(), "mirrorsim {args:?} failed");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn journal_rows(path: &Path) -> usize {
+    Journal::open(path).unwrap().entries().unwrap().len()
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn scene_ids(path: &Path) -> Vec<String> {
+    lines(path)
+        .iter()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            value["scene_id"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+/// Every line (or the whole file, for `.json`) parses to the same JSON, numbers within 1e-9.
+fn assert_json_close(merged: &Path, whole: &Path) {
+    let parse = |path: &Path| -> Vec<serde_json::Value> {
+        let text = fs::read_to_string(path).unwrap();
+        if path.extension().is_some_and(|e| e == "json") {
+            vec![serde_json::from_str(&text).unwrap()]
+        } else {
+            text.lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
+    };
+    let (a, b) = (parse(merged), parse(whole));
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "{} vs {}",
+        merged.display(),
+        whole.display()
+    );
+    for (x, y) in a.iter().zip(&b) {
+        assert!(
+            json_close(x, y),
+            "{} differs from {}:\n{x}\n{y}",
+            merged.display(),
+            whole.display()
+        );
+    }
+}
+
+fn json_close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0)
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_close(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_close(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+const DISTILL_FILES: [&str; 5] = [
+    "sft.jsonl",
+    "dpo.jsonl",
+    "direct.jsonl",
+    "distill.scenes.jsonl",
+    "distill.summary.json",
+];
+
+#[test]
+fn run_skips_unchanged_stages_and_shards_merge_to_the_unsharded_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = tiny_pipeline(dir.path(), "whole");
+    let whole_toml = whole.to_str().unwrap();
+    let run = dir.path().join("whole");
+
+    let first = run_ok(&["run", whole_toml]);
+    assert!(!first.contains("up to date"), "{first}");
+    assert!(run.join("pipeline.resolved.json").exists());
+    assert!(run.join("stages.json").exists());
+    assert_eq!(lines(&run.join("scenes/scenes.train.jsonl")).len(), 6);
+    assert_eq!(lines(&run.join("scenes/scenes.eval.jsonl")).len(), 2);
+    let train_ids: Vec<String> = lines(&run.join("scenes/scenes.train.jsonl"))
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    // 2 scenes × n = 2 per role, 8 scores, and only the first 2 scenes.
+    for file in ["rationales.strong.jsonl", "rationales.weak.jsonl"] {
+        let ids = scene_ids(&run.join(file));
+        assert_eq!(ids.len(), 4, "{file}");
+        assert!(ids.iter().all(|id| train_ids[..2].contains(id)), "{file}");
+    }
+    assert_eq!(lines(&run.join("scores.jsonl")).len(), 8);
+    for file in DISTILL_FILES {
+        assert!(run.join("distill").join(file).exists(), "{file}");
+    }
+    let journal = run.join("journal.sqlite");
+    let rows_after_first = journal_rows(&journal);
+    // One generation request per scene and role, one choice request per scene.
+    assert_eq!(rows_after_first, 6);
+    let scores_first = fs::read(run.join("scores.jsonl")).unwrap();
+
+    let second = run_ok(&["run", whole_toml]);
+    for stage in [
+        "scenes",
+        "rationales.strong",
+        "rationales.weak",
+        "scores",
+        "distill",
+    ] {
+        assert!(
+            second.contains(&format!("{stage}: up to date")),
+            "{stage} not skipped:\n{second}"
+        );
+    }
+    assert_eq!(journal_rows(&journal), rows_after_first);
+    assert_eq!(fs::read(run.join("scores.jsonl")).unwrap(), scores_first);
+
+    // The same pipeline in two shards and a merge, in a fresh run directory.
+    let sharded = tiny_pipeline(dir.path(), "sharded");
+    let sharded_toml = sharded.to_str().unwrap();
+    let shard_run = dir.path().join("sharded");
+    let merge_too_early = mirrorsim(&["run", sharded_toml, "--merge-shards", "2"]);
+    assert!(!merge_too_early.status.success());
+    let out = run_ok(&["run", sharded_toml, "--shard", "0/2"]);
+    assert!(out.contains("distill: waits for the merge"), "{out}");
+    let missing = mirrorsim(&["run", sharded_toml, "--merge-shards", "2"]);
+    let message = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success());
+    assert!(message.contains("shard 1 of 2 is missing"), "{message}");
+    run_ok(&["run", sharded_toml, "--shard", "1/2"]);
+    assert!(shard_run.join("journal.shard-0-of-2.sqlite").exists());
+    assert!(shard_run.join("journal.shard-1-of-2.sqlite").exists());
+    assert!(!shard_run.join("journal.sqlite").exists());
+    let mut shard_scenes: Vec<String> = Vec::new();
+    for index in 0..2 {
+        let mut ids =
+            scene_ids(&shard_run.join(format!("rationales.strong.shard-{index}-of-2.jsonl")));
+        ids.dedup();
+        assert_eq!(ids.len(), 1, "shard {index} holds {ids:?}");
+        shard_scenes.extend(ids);
+    }
+    assert_eq!(shard_scenes, [train_ids[1].clone(), train_ids[0].clone()]);
+
+    let merged = run_ok(&["run", sharded_toml, "--merge-shards", "2"]);
+    assert!(merged.contains("distill: "), "{merged}");
+    for file in ["rationales.strong.jsonl", "rationales.weak.jsonl"] {
+        assert_eq!(
+            fs::read(shard_run.join(file)).unwrap(),
+            fs::read(run.join(file)).unwrap(),
+            "{file} differs between the merged and the unsharded run"
+        );
+    }
+    // The predictor's float sums may differ in the last bits between batch compositions.
+    assert_json_close(&shard_run.join("scores.jsonl"), &run.join("scores.jsonl"));
+    for file in DISTILL_FILES {
+        assert_json_close(
+            &shard_run.join("distill").join(file),
+            &run.join("distill").join(file),
+        );
+    }
+    // After the merge, a plain run finds every stage up to date.
+    let after_merge = run_ok(&["run", sharded_toml]);
+    assert_eq!(
+        after_merge.matches(": up to date").count(),
+        5,
+        "{after_merge}"
+    );
+}
+
+#[test]
+fn unknown_keys_and_unknown_models_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = fs::read_to_string(tiny_pipeline(dir.path(), "run")).unwrap();
+
+    let bad_key = dir.path().join("bad-key.toml");
+    fs::write(&bad_key, good.replace("max_tokens = 16", "max_tokenz = 16")).unwrap();
+    let output = mirrorsim(&["run", bad_key.to_str().unwrap()]);
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(message.contains("max_tokenz"), "{message}");
+    assert!(message.contains("bad-key.toml"), "{message}");
+
+    let bad_model = dir.path().join("bad-model.toml");
+    fs::write(
+        &bad_model,
+        good.replace(
+            r#"predictor_model = "small""#,
+            r#"predictor_model = "large""#,
+        ),
+    )
+    .unwrap();
+    let output = mirrorsim(&["run", bad_model.to_str().unwrap()]);
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        message.contains(r#"predictor_model = "large""#),
+        "{message}"
+    );
+    assert!(
+        !dir.path().join("run").exists(),
+        "nothing runs on a bad config"
+    );
+}
