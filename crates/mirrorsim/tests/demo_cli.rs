@@ -8,8 +8,22 @@ use serde_json::Value;
 
 fn demo(out: &std::path::Path) -> Value {
     let output = Command::new(env!("CARGO_BIN_EXE_mirrorsim"))
-        .args(["demo", "--json", "--train-scenes", "20", "--eval-scenes", "4"])
-        .args(["--distill-scenes", "2", "--rationales", "2", "--rationale-tokens", "24"])
+        .args([
+            "demo",
+            "--json",
+            "--train-scenes",
+            "20",
+            "--eval-scenes",
+            "4",
+        ])
+        .args([
+            "--distill-scenes",
+            "2",
+            "--rationales",
+            "2",
+            "--rationale-tokens",
+            "24",
+        ])
         .arg("--out")
         .arg(out)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -60,7 +74,10 @@ fn demo_runs_the_chain_and_resumes_from_the_journal() {
     assert_eq!(first["direct_accuracy"], second["direct_accuracy"]);
     assert_eq!(first["direct_nll_bits"], second["direct_nll_bits"]);
     assert_eq!(first["example_rationale"], second["example_rationale"]);
-    assert_eq!(second["journal_misses"], 0, "the rerun must not call the model");
+    assert_eq!(
+        second["journal_misses"], 0,
+        "the rerun must not call the model"
+    );
     assert_eq!(second["journal_hits"], first["journal_misses"]);
     assert_eq!(
         scores_before,
