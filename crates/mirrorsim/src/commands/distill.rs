@@ -11,6 +11,7 @@ use mirrorsim_distill::records::Role;
 use mirrorsim_distill::select::Selector;
 use mirrorsim_distill::stages::{
     run_distill, run_rationales, run_score, DistillConfig, GenerateConfig, ScoreConfig,
+    StageSummary,
 };
 
 use super::model_arg::ModelArgs;
@@ -111,6 +112,17 @@ fn open_journal(explicit: &Option<PathBuf>, out: &Path) -> anyhow::Result<Journa
     Journal::open(&path).with_context(|| format!("opening the run journal {}", path.display()))
 }
 
+/// The stage's closing line (tokens in/out, wall time), the journal's share, and the output path.
+fn report(summary: &StageSummary, journaled: &JournaledBackend, out: &Path) {
+    let counts = journaled.counts();
+    eprintln!("{summary}");
+    eprintln!(
+        "journal: {} answered from the journal, {} sent to the model",
+        counts.hits, counts.misses
+    );
+    println!("{}", out.display());
+}
+
 pub fn run_rationales_cmd(args: RationalesArgs) -> anyhow::Result<()> {
     let role = match args.role {
         RoleArg::Strong => Role::Strong,
@@ -132,13 +144,7 @@ pub fn run_rationales_cmd(args: RationalesArgs) -> anyhow::Result<()> {
         ..GenerateConfig::default()
     };
     let summary = run_rationales(&args.scenes, &out, &journaled, role, &config)?;
-    let counts = journaled.counts();
-    eprintln!("{summary}");
-    eprintln!(
-        "journal: {} answered from the journal, {} sent to the model",
-        counts.hits, counts.misses
-    );
-    println!("{}", out.display());
+    report(&summary, &journaled, &out);
     Ok(())
 }
 
@@ -155,13 +161,7 @@ pub fn run_score_cmd(args: ScoreArgs) -> anyhow::Result<()> {
         ..ScoreConfig::default()
     };
     let summary = run_score(&args.scenes, &args.rationales, &out, &journaled, &config)?;
-    let counts = journaled.counts();
-    eprintln!("{summary}");
-    eprintln!(
-        "journal: {} answered from the journal, {} sent to the model",
-        counts.hits, counts.misses
-    );
-    println!("{}", out.display());
+    report(&summary, &journaled, &out);
     Ok(())
 }
 
