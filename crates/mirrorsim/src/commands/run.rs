@@ -791,7 +791,7 @@ mod tests {
             spec.path.display()
         );
 
-        let ml1m = Pipeline::load(&shipped_config("ml-1m.toml")).unwrap();
+        let ml1m = Pipeline::load(&shipped_config("movielens-1m.toml")).unwrap();
         assert_eq!(ml1m.scenes.eval_options, 5);
         assert_eq!(ml1m.rationales.n, 10);
         assert_eq!(ml1m.distill.top_k, 10_000);
