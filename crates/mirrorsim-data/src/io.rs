@@ -73,21 +73,8 @@ impl Lines {
     /// The next line as (line number, text), or `None` at the end of the file.
     /// A line that is not valid in the file's encoding is an [`DataError::Encoding`].
     pub fn next_line(&mut self) -> Option<Result<(u64, String), DataError>> {
-        self.buf.clear();
-        match self.reader.read_until(b'\n', &mut self.buf) {
-            Ok(0) => None,
-            Ok(_) => {
-                self.line_no += 1;
-                if self.buf.last() == Some(&b'\n') {
-                    self.buf.pop();
-                }
-                if self.buf.last() == Some(&b'\r') {
-                    self.buf.pop();
-                }
-                Some(self.decode())
-            }
-            Err(e) => Some(Err(DataError::io(&self.path, e))),
-        }
+        self.next_line_ref()
+            .map(|line| line.map(|(no, text)| (no, text.to_owned())))
     }
 
     /// Like [`Lines::next_line`], but borrows the text from an internal buffer instead of
@@ -126,21 +113,6 @@ impl Lines {
             line: self.line_no,
             expected: "UTF-8",
             hint: "convert it to UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or use the reader for its original layout",
-        }
-    }
-
-    fn decode(&self) -> Result<(u64, String), DataError> {
-        match self.encoding {
-            Encoding::Latin1 => Ok((self.line_no, self.buf.iter().map(|&b| b as char).collect())),
-            Encoding::Utf8 => match std::str::from_utf8(&self.buf) {
-                Ok(s) => Ok((self.line_no, s.strip_prefix('\u{feff}').unwrap_or(s).to_owned())),
-                Err(_) => Err(DataError::Encoding {
-                    path: self.path.clone(),
-                    line: self.line_no,
-                    expected: "UTF-8",
-                    hint: "convert it to UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or use the reader for its original layout",
-                }),
-            },
         }
     }
 }
