@@ -32,14 +32,18 @@ impl Linear {
         let in_features = dims[dims.len() - 1];
         let rows = x.elem_count() / in_features.max(1);
         let y = x.reshape((rows, in_features))?.matmul(&self.weight.t()?)?;
+        self.add_bias_and_shape(y, dims)
+    }
+
+    /// Adds the bias to the flat `(rows, out)` product and restores the input's leading dims.
+    fn add_bias_and_shape(&self, y: Tensor, mut dims: Vec<usize>) -> candle_core::Result<Tensor> {
         let y = match &self.bias {
             Some(bias) => y.broadcast_add(bias)?,
             None => y,
         };
-        let mut out_dims = dims;
-        let last = out_dims.len() - 1;
-        out_dims[last] = self.weight.dim(0)?;
-        y.reshape(out_dims)
+        let last = dims.len() - 1;
+        dims[last] = self.weight.dim(0)?;
+        y.reshape(dims)
     }
 
     /// [`Linear::forward`] without gradient tracking; few rows use [`few_rows_matmul_t`].
@@ -52,14 +56,7 @@ impl Linear {
             Some(y) => y,
             None => return self.forward(x),
         };
-        let y = match &self.bias {
-            Some(bias) => y.broadcast_add(bias)?,
-            None => y,
-        };
-        let mut out_dims = dims;
-        let last = out_dims.len() - 1;
-        out_dims[last] = self.weight.dim(0)?;
-        y.reshape(out_dims)
+        self.add_bias_and_shape(y, dims)
     }
 }
 
