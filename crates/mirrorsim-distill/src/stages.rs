@@ -7,11 +7,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use mirrorsim_data::scenes::ChatMessage as SceneMessage;
-use mirrorsim_llm::{Backend, ChatMessage, ChoiceRequest, GenerateRequest, Prompt, SamplingParams};
+use mirrorsim_llm::{
+    Backend, ChatMessage, ChoiceRequest, ChoiceScores, Completion, GenerateRequest, LlmError,
+    Prompt, SamplingParams,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::DistillError;
@@ -48,6 +52,111 @@ impl fmt::Display for StageSummary {
             self.completion_tokens,
             self.wall_s
         )
+    }
+}
+
+/// What a [`MeteredBackend`] saw pass through it: only calls that reached the wrapped backend,
+/// so behind a [`crate::journal::JournaledBackend`] these are the requests really sent to the
+/// model, not those answered from the journal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct BackendMeter {
+    /// Calls of `generate` and `score_choices`.
+    pub calls: u64,
+    /// Generate requests in those calls.
+    pub generate_requests: u64,
+    /// Choice requests in those calls.
+    pub choice_requests: u64,
+    /// Continuations in the choice requests.
+    pub continuations: u64,
+    /// Prompt tokens of the answers: once per generate request (its samples share the prompt),
+    /// as the backend reported them for choice requests.
+    pub prompt_tokens: u64,
+    /// Completion tokens of the generated samples.
+    pub completion_tokens: u64,
+    /// Seconds spent inside the wrapped backend's calls, summed over calls.
+    pub busy_s: f64,
+}
+
+/// A [`Backend`] that passes every call on and records its time and tokens in a [`BackendMeter`]:
+/// the time a stage spends in the model versus everything else, and the tokens a paid endpoint
+/// bills.
+pub struct MeteredBackend<'a> {
+    inner: &'a dyn Backend,
+    meter: Mutex<BackendMeter>,
+}
+
+impl<'a> MeteredBackend<'a> {
+    pub fn new(inner: &'a dyn Backend) -> Self {
+        MeteredBackend {
+            inner,
+            meter: Mutex::new(BackendMeter::default()),
+        }
+    }
+
+    pub fn meter(&self) -> BackendMeter {
+        match self.meter.lock() {
+            Ok(meter) => *meter,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    fn record(&self, update: impl FnOnce(&mut BackendMeter)) {
+        let mut meter = match self.meter.lock() {
+            Ok(meter) => meter,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        update(&mut meter);
+    }
+}
+
+impl Backend for MeteredBackend<'_> {
+    fn model_id(&self) -> String {
+        self.inner.model_id()
+    }
+
+    fn generate(&self, requests: &[GenerateRequest]) -> Result<Vec<Vec<Completion>>, LlmError> {
+        let started = Instant::now();
+        let answers = self.inner.generate(requests);
+        let busy_s = started.elapsed().as_secs_f64();
+        let (mut prompt_tokens, mut completion_tokens) = (0u64, 0u64);
+        if let Ok(answers) = &answers {
+            for completions in answers {
+                prompt_tokens += completions.first().map_or(0, |c| c.prompt_tokens as u64);
+                completion_tokens += completions
+                    .iter()
+                    .map(|c| c.completion_tokens as u64)
+                    .sum::<u64>();
+            }
+        }
+        self.record(|meter| {
+            meter.calls += 1;
+            meter.generate_requests += requests.len() as u64;
+            meter.prompt_tokens += prompt_tokens;
+            meter.completion_tokens += completion_tokens;
+            meter.busy_s += busy_s;
+        });
+        answers
+    }
+
+    fn score_choices(&self, requests: &[ChoiceRequest]) -> Result<Vec<ChoiceScores>, LlmError> {
+        let started = Instant::now();
+        let answers = self.inner.score_choices(requests);
+        let busy_s = started.elapsed().as_secs_f64();
+        let prompt_tokens: u64 = answers
+            .as_ref()
+            .map(|scores| scores.iter().map(|s| s.prompt_tokens as u64).sum())
+            .unwrap_or(0);
+        self.record(|meter| {
+            meter.calls += 1;
+            meter.choice_requests += requests.len() as u64;
+            meter.continuations += requests
+                .iter()
+                .map(|r| r.continuations.len() as u64)
+                .sum::<u64>();
+            meter.prompt_tokens += prompt_tokens;
+            meter.busy_s += busy_s;
+        });
+        answers
     }
 }
 

@@ -3,6 +3,7 @@
 //! again) answers from it and repeats no call.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
@@ -10,8 +11,8 @@ use mirrorsim_distill::journal::{Journal, JournaledBackend};
 use mirrorsim_distill::records::Role;
 use mirrorsim_distill::select::Selector;
 use mirrorsim_distill::stages::{
-    run_distill, run_rationales, run_score, DistillConfig, GenerateConfig, ScoreConfig,
-    StageSummary,
+    run_distill, run_rationales, run_score, BackendMeter, DistillConfig, GenerateConfig,
+    MeteredBackend, ScoreConfig, StageSummary,
 };
 
 use super::model_arg::ModelArgs;
@@ -112,13 +113,31 @@ fn open_journal(explicit: &Option<PathBuf>, out: &Path) -> anyhow::Result<Journa
     Journal::open(&path).with_context(|| format!("opening the run journal {}", path.display()))
 }
 
-/// The stage's closing line (tokens in/out, wall time), the journal's share, and the output path.
-fn report(summary: &StageSummary, journaled: &JournaledBackend, out: &Path) {
+/// The stage's closing line (tokens in/out, wall time), the journal's share, where the time went
+/// (inside the model versus the stage's own work: reading, journal, prompts, writing), and the
+/// output path. `total_s` runs from opening the journal to the written output; loading the
+/// model is reported on its own.
+fn report(
+    summary: &StageSummary,
+    journaled: &JournaledBackend,
+    meter: &BackendMeter,
+    load_s: f64,
+    total_s: f64,
+    out: &Path,
+) {
     let counts = journaled.counts();
     eprintln!("{summary}");
     eprintln!(
         "journal: {} answered from the journal, {} sent to the model",
         counts.hits, counts.misses
+    );
+    let outside_s = (total_s - meter.busy_s).max(0.0);
+    eprintln!(
+        "time: {total_s:.3} s total, {:.3} s in the model ({} calls), {outside_s:.3} s outside it \
+         ({:.2} %); model loaded in {load_s:.1} s",
+        meter.busy_s,
+        meter.calls,
+        100.0 * outside_s / total_s.max(1e-9)
     );
     println!("{}", out.display());
 }
@@ -132,9 +151,13 @@ pub fn run_rationales_cmd(args: RationalesArgs) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| beside(&args.scenes, &format!("rationales.{}.jsonl", role.name())));
+    let load_started = Instant::now();
     let backend = args.model.load()?;
+    let load_s = load_started.elapsed().as_secs_f64();
+    let started = Instant::now();
     let journal = open_journal(&args.journal, &out)?;
-    let journaled = JournaledBackend::new(backend.as_ref(), &journal);
+    let metered = MeteredBackend::new(backend.as_ref());
+    let journaled = JournaledBackend::new(&metered, &journal);
     let config = GenerateConfig {
         n: args.n,
         temperature: args.temperature,
@@ -144,7 +167,15 @@ pub fn run_rationales_cmd(args: RationalesArgs) -> anyhow::Result<()> {
         ..GenerateConfig::default()
     };
     let summary = run_rationales(&args.scenes, &out, &journaled, role, &config)?;
-    report(&summary, &journaled, &out);
+    let total_s = started.elapsed().as_secs_f64();
+    report(
+        &summary,
+        &journaled,
+        &metered.meter(),
+        load_s,
+        total_s,
+        &out,
+    );
     Ok(())
 }
 
@@ -153,15 +184,27 @@ pub fn run_score_cmd(args: ScoreArgs) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| beside(&args.scenes, "scores.jsonl"));
+    let load_started = Instant::now();
     let backend = args.model.load()?;
+    let load_s = load_started.elapsed().as_secs_f64();
+    let started = Instant::now();
     let journal = open_journal(&args.journal, &out)?;
-    let journaled = JournaledBackend::new(backend.as_ref(), &journal);
+    let metered = MeteredBackend::new(backend.as_ref());
+    let journaled = JournaledBackend::new(&metered, &journal);
     let config = ScoreConfig {
         seed: args.seed,
         ..ScoreConfig::default()
     };
     let summary = run_score(&args.scenes, &args.rationales, &out, &journaled, &config)?;
-    report(&summary, &journaled, &out);
+    let total_s = started.elapsed().as_secs_f64();
+    report(
+        &summary,
+        &journaled,
+        &metered.meter(),
+        load_s,
+        total_s,
+        &out,
+    );
     Ok(())
 }
 

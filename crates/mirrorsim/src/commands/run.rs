@@ -11,10 +11,12 @@ use clap::Args;
 use mirrorsim_data::scenes::{build_scenes, write_scenes, SceneConfig, SceneRecord};
 use mirrorsim_data::{read_source, ReadOptions, SourceSpec};
 use mirrorsim_distill::records::{read_jsonl, write_jsonl};
-use mirrorsim_distill::stages::{read_rationales, read_scenes, DistillPaths};
+use mirrorsim_distill::stages::{
+    read_rationales, read_scenes, BackendMeter, DistillPaths, MeteredBackend,
+};
 use mirrorsim_distill::{
     distill, generate_rationales, score_rationales, write_distill, DistillConfig, GenerateConfig,
-    Journal, JournaledBackend, RationaleRecord, Role, ScoreConfig, ScoreRecord, StageSummary,
+    Journal, JournaledBackend, RationaleRecord, Role, ScoreConfig, ScoreRecord,
 };
 use mirrorsim_llm::engine::{EngineOptions, LocalEngine};
 use mirrorsim_llm::http::{HttpBackend, HttpConfig};
@@ -453,7 +455,10 @@ impl<'a> Runner<'a> {
         Ok(scenes)
     }
 
-    fn print_cost(&self, model_name: &str, summary: &StageSummary) {
+    /// The cost line of a stage run against an HTTP model with prices: the tokens of the
+    /// requests actually sent (answers from the journal cost nothing). Scoring asks the server
+    /// for one generated token per continuation (`max_tokens: 1`), which it bills as output.
+    fn print_cost(&self, model_name: &str, meter: &BackendMeter) {
         let Some(entry) = self.pipeline.models.get(model_name) else {
             return;
         };
@@ -462,11 +467,12 @@ impl<'a> Runner<'a> {
         }
         let input = entry.price_per_million_input.unwrap_or(0.0);
         let output = entry.price_per_million_output.unwrap_or(0.0);
-        let cost = summary.prompt_tokens as f64 / 1e6 * input
-            + summary.completion_tokens as f64 / 1e6 * output;
+        let billed = BilledTokens::of(meter);
+        let cost = billed.input as f64 / 1e6 * input + billed.output as f64 / 1e6 * output;
         println!(
-            "  cost ({model_name}): {} tokens in × ${input}/M + {} out × ${output}/M = ${cost:.4}",
-            summary.prompt_tokens, summary.completion_tokens
+            "  cost ({model_name}): {} tokens in × ${input}/M + {} out × ${output}/M = ${cost:.6} \
+             ({} HTTP requests sent)",
+            billed.input, billed.output, billed.http_requests
         );
     }
 
@@ -499,7 +505,8 @@ impl<'a> Runner<'a> {
         self.journal()?;
         let backend = self.models.get(&model_name, entry)?;
         let journal = self.journal.as_ref().context("the journal went missing")?;
-        let journaled = JournaledBackend::new(backend, journal);
+        let metered = MeteredBackend::new(backend);
+        let journaled = JournaledBackend::new(&metered, journal);
         let (records, summary) = generate_rationales(&scenes, &journaled, role, &config)?;
         write_jsonl(&out, &records)?;
         let counts = journaled.counts();
@@ -509,7 +516,8 @@ impl<'a> Runner<'a> {
             counts.misses,
             out.display()
         );
-        self.print_cost(&model_name, &summary);
+        let meter = metered.meter();
+        self.print_cost(&model_name, &meter);
         self.mark_done(&key, fingerprint)
     }
 
@@ -550,7 +558,8 @@ impl<'a> Runner<'a> {
         self.journal()?;
         let backend = self.models.get(&model_name, entry)?;
         let journal = self.journal.as_ref().context("the journal went missing")?;
-        let journaled = JournaledBackend::new(backend, journal);
+        let metered = MeteredBackend::new(backend);
+        let journaled = JournaledBackend::new(&metered, journal);
         let (records, summary) = score_rationales(&scenes, &rationales, &journaled, &config)?;
         write_jsonl(&out, &records)?;
         let counts = journaled.counts();
@@ -560,7 +569,8 @@ impl<'a> Runner<'a> {
             counts.misses,
             out.display()
         );
-        self.print_cost(&model_name, &summary);
+        let meter = metered.meter();
+        self.print_cost(&model_name, &meter);
         self.mark_done(&key, fingerprint)
     }
 
@@ -683,6 +693,26 @@ impl Runner<'_> {
     }
 }
 
+/// Tokens an OpenAI-compatible server bills for the requests a [`MeteredBackend`] sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BilledTokens {
+    input: u64,
+    output: u64,
+    http_requests: u64,
+}
+
+impl BilledTokens {
+    fn of(meter: &BackendMeter) -> Self {
+        BilledTokens {
+            input: meter.prompt_tokens,
+            // The HTTP backend scores each continuation in its own request, with one generated
+            // token; a generate request carries all its samples.
+            output: meter.completion_tokens + meter.continuations,
+            http_requests: meter.generate_requests + meter.continuations,
+        }
+    }
+}
+
 fn read_stage_record(path: &Path) -> anyhow::Result<Option<StageRecord>> {
     if !path.exists() {
         return Ok(None);
@@ -795,6 +825,8 @@ mod tests {
         assert_eq!(ml1m.scenes.eval_options, 5);
         assert_eq!(ml1m.rationales.n, 10);
         assert_eq!(ml1m.distill.top_k, 10_000);
+        // A bounded candidate pool larger than the budget, not every eligible decision.
+        assert_eq!(ml1m.scenes.max_train_scenes, Some(30_000));
         let spec: SourceSpec = ml1m.source.spec.parse().unwrap();
         assert!(
             spec.path.join("ml-1m.item").exists(),
