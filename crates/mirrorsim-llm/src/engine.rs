@@ -37,6 +37,9 @@ pub struct EngineOptions {
     pub max_decode_batch: usize,
     /// Most continuations run together on top of one shared prefix.
     pub max_score_batch: usize,
+    /// A PEFT LoRA adapter directory (`adapter_config.json` + `adapter_model.safetensors`),
+    /// merged into the base weights at load.
+    pub adapter: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineOptions {
@@ -45,6 +48,7 @@ impl Default for EngineOptions {
             cuda_device: None,
             max_decode_batch: 16,
             max_score_batch: 16,
+            adapter: None,
         }
     }
 }
@@ -143,7 +147,28 @@ impl LocalEngine {
                 ),
             ));
         }
-        let model_id = fingerprint(&name, &files)?;
+        let (model, model_id) = match &options.adapter {
+            None => (model, fingerprint(&name, &files)?),
+            Some(adapter) => {
+                let mut model = model;
+                model.load_peft_adapter(adapter)?;
+                model.merge_lora()?;
+                let adapter_files = [
+                    adapter.join(crate::model::lora::ADAPTER_CONFIG_FILE),
+                    adapter.join(crate::model::lora::ADAPTER_WEIGHTS_FILE),
+                ];
+                let adapter_name = adapter
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| adapter.display().to_string());
+                let id = format!(
+                    "{}+lora:{}",
+                    fingerprint(&name, &files)?,
+                    fingerprint(&adapter_name, &adapter_files)?
+                );
+                (model, id)
+            }
+        };
         Ok(LocalEngine {
             model,
             tokenizer,
@@ -155,6 +180,12 @@ impl LocalEngine {
 
     pub fn model(&self) -> &Llama {
         &self.model
+    }
+
+    /// The model, tokenizer, chat template and model id, for code that changes the weights
+    /// (the trainer).
+    pub fn into_parts(self) -> (Llama, ModelTokenizer, Option<ChatTemplate>, String) {
+        (self.model, self.tokenizer, self.template, self.model_id)
     }
 
     pub fn tokenizer(&self) -> &ModelTokenizer {

@@ -8,6 +8,7 @@ pub mod chat_template;
 pub mod default_model;
 pub mod engine;
 pub mod gguf;
+pub mod gguf_export;
 pub mod http;
 pub mod model;
 pub mod sampling;

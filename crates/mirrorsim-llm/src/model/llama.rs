@@ -17,26 +17,42 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, D};
 
 use super::config::LlamaConfig;
+use super::lora::{frozen_matmul_t, LoraLayer};
 use crate::backend::LlmError;
 
-/// A dense layer `y = x Wᵀ + b` with the HF weight layout `(out, in)`.
+/// A dense layer `y = x Wᵀ + b` with the HF weight layout `(out, in)`, and optionally a LoRA
+/// adapter adding `s · x Aᵀ Bᵀ` (see [`super::lora`]).
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub lora: Option<LoraLayer>,
 }
 
 impl Linear {
+    /// The differentiable product: the base weight is frozen (only the input gets a gradient
+    /// through it), the adapter's `A` and `B` are trained.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dims = x.dims().to_vec();
         let in_features = dims[dims.len() - 1];
         let rows = x.elem_count() / in_features.max(1);
-        let y = x.reshape((rows, in_features))?.matmul(&self.weight.t()?)?;
-        self.add_bias_and_shape(y, dims)
+        let flat = x.reshape((rows, in_features))?;
+        let y = frozen_matmul_t(&flat, &self.weight)?;
+        self.finish(&flat, y, dims)
     }
 
-    /// Adds the bias to the flat `(rows, out)` product and restores the input's leading dims.
-    fn add_bias_and_shape(&self, y: Tensor, mut dims: Vec<usize>) -> candle_core::Result<Tensor> {
+    /// Adds the adapter and the bias to the flat `(rows, out)` product and restores the input's
+    /// leading dims.
+    fn finish(
+        &self,
+        flat: &Tensor,
+        y: Tensor,
+        mut dims: Vec<usize>,
+    ) -> candle_core::Result<Tensor> {
+        let y = match &self.lora {
+            Some(lora) => (y + lora.delta(flat)?)?,
+            None => y,
+        };
         let y = match &self.bias {
             Some(bias) => y.broadcast_add(bias)?,
             None => y,
@@ -54,9 +70,9 @@ impl Linear {
         let flat = x.reshape((rows, in_features))?;
         let y = match few_rows_matmul_t(&flat, &self.weight)? {
             Some(y) => y,
-            None => return self.forward(x),
+            None => flat.matmul(&self.weight.t()?)?,
         };
-        self.add_bias_and_shape(y, dims)
+        self.finish(&flat, y, dims)
     }
 }
 
@@ -545,6 +561,7 @@ impl WeightStore<'_> {
         Ok(Linear {
             weight: self.required(&format!("{prefix}.weight"), &[out, inp])?,
             bias: self.optional(&format!("{prefix}.bias"), &[out])?,
+            lora: None,
         })
     }
 }
@@ -714,9 +731,44 @@ impl Llama {
         &self,
         input_ids: &Tensor,
         positions: Positions<'_>,
+        cache: Option<&mut KvCache>,
+        mask: Option<&Tensor>,
+        differentiable: bool,
+    ) -> candle_core::Result<Tensor> {
+        self.forward_hidden_masked(input_ids, positions, cache, mask, differentiable, false)
+    }
+
+    /// Final-normed hidden states `(batch, seq, hidden)` of `input_ids` from position 0 under a
+    /// causal mask, without a cache: the training forward. With `differentiable`, attention
+    /// uses [`super::ops::causal_softmax`] (one saved tensor per layer instead of five).
+    pub fn forward_hidden_causal(
+        &self,
+        input_ids: &Tensor,
+        differentiable: bool,
+    ) -> candle_core::Result<Tensor> {
+        let (_, seq) = input_ids.dims2()?;
+        if differentiable {
+            return self.forward_hidden_masked(
+                input_ids,
+                Positions::Uniform(0),
+                None,
+                None,
+                true,
+                true,
+            );
+        }
+        let mask = causal_mask(seq, 0, &self.device)?;
+        self.forward_hidden(input_ids, Positions::Uniform(0), None, Some(&mask), false)
+    }
+
+    fn forward_hidden_masked(
+        &self,
+        input_ids: &Tensor,
+        positions: Positions<'_>,
         mut cache: Option<&mut KvCache>,
         mask: Option<&Tensor>,
         differentiable: bool,
+        fused_causal: bool,
     ) -> candle_core::Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
         let (cos, sin) = self.rope_for(positions, batch, seq)?;
@@ -743,6 +795,7 @@ impl Llama {
                 cache.as_deref_mut(),
                 mask,
                 differentiable,
+                fused_causal,
             )?;
             let x_mid = (residual + h)?;
             let h = rms_norm(&x_mid, &layer.post_attention_layernorm, eps, differentiable)?;
@@ -890,9 +943,8 @@ impl Llama {
     pub fn logits(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
         let dims = hidden.dims().to_vec();
         let rows = hidden.elem_count() / self.config.hidden_size;
-        let logits = hidden
-            .reshape((rows, self.config.hidden_size))?
-            .matmul(&self.lm_head.t()?)?;
+        let flat = hidden.reshape((rows, self.config.hidden_size))?;
+        let logits = frozen_matmul_t(&flat, &self.lm_head)?;
         let mut out_dims = dims;
         let last = out_dims.len() - 1;
         out_dims[last] = self.config.vocab_size;
@@ -926,19 +978,7 @@ impl Llama {
 
     /// Full forward without a cache from position 0 with a causal mask: logits `(batch, seq, vocab)`.
     pub fn forward(&self, input_ids: &Tensor, differentiable: bool) -> candle_core::Result<Tensor> {
-        let (_, seq) = input_ids.dims2()?;
-        let mask = if seq > 1 {
-            Some(causal_mask(seq, 0, &self.device)?)
-        } else {
-            None
-        };
-        let hidden = self.forward_hidden(
-            input_ids,
-            Positions::Uniform(0),
-            None,
-            mask.as_ref(),
-            differentiable,
-        )?;
+        let hidden = self.forward_hidden_causal(input_ids, differentiable)?;
         self.logits(&hidden)
     }
 
@@ -1001,6 +1041,7 @@ impl Llama {
         cache: Option<&mut KvCache>,
         mask: Option<&Tensor>,
         differentiable: bool,
+        fused_causal: bool,
     ) -> candle_core::Result<Tensor> {
         let (batch, seq, _) = x.dims3()?;
         let heads = self.config.num_attention_heads;
@@ -1056,6 +1097,15 @@ impl Llama {
             }
         }
         let scores = q.matmul(&k_all.t()?)?;
+        if fused_causal {
+            let probs = super::ops::causal_softmax(&scores, seq, total - seq)?;
+            let out = probs
+                .matmul(&v_all)?
+                .reshape((batch, heads, seq, head_dim))?
+                .transpose(1, 2)?
+                .reshape((batch, seq, heads * head_dim))?;
+            return project(&attn.o_proj, &out);
+        }
         let scores = match mask {
             Some(mask) => scores
                 .reshape((batch, kv_heads, groups, seq, total))?
@@ -1216,10 +1266,7 @@ fn rms_norm(
     differentiable: bool,
 ) -> candle_core::Result<Tensor> {
     if differentiable {
-        let hidden = x.dim(D::Minus1)? as f64;
-        let mean_square = (x.sqr()?.sum_keepdim(D::Minus1)? / hidden)?;
-        x.broadcast_div(&(mean_square + eps as f64)?.sqrt()?)?
-            .broadcast_mul(weight)
+        super::ops::rms_norm(x, weight, eps)
     } else {
         candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps)
     }
@@ -1232,26 +1279,11 @@ fn rope(
     sin: &Tensor,
     differentiable: bool,
 ) -> candle_core::Result<Tensor> {
-    if !differentiable {
-        return candle_nn::rotary_emb::rope(x, &cos.contiguous()?, &sin.contiguous()?);
-    }
-    let (batch, _, seq, head_dim) = x.dims4()?;
-    let half = head_dim / 2;
-    let (cos, sin) = if cos.rank() == 2 {
-        (
-            Tensor::cat(&[cos, cos], D::Minus1)?.reshape((1, 1, seq, head_dim))?,
-            Tensor::cat(&[sin, sin], D::Minus1)?.reshape((1, 1, seq, head_dim))?,
-        )
+    if differentiable {
+        super::ops::rope(x, cos, sin)
     } else {
-        (
-            Tensor::cat(&[cos, cos], D::Minus1)?.reshape((batch, 1, seq, head_dim))?,
-            Tensor::cat(&[sin, sin], D::Minus1)?.reshape((batch, 1, seq, head_dim))?,
-        )
-    };
-    let first = x.narrow(D::Minus1, 0, half)?;
-    let second = x.narrow(D::Minus1, half, half)?;
-    let rotated = Tensor::cat(&[&second.neg()?, &first], D::Minus1)?;
-    x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+        candle_nn::rotary_emb::rope(x, &cos.contiguous()?, &sin.contiguous()?)
+    }
 }
 
 fn rope_tables(config: &LlamaConfig, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {

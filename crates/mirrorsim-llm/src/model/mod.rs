@@ -4,6 +4,10 @@
 
 pub mod config;
 pub mod llama;
+pub mod lora;
+pub mod ops;
+pub mod random;
 
 pub use config::LlamaConfig;
 pub use llama::{KvCache, Llama, Positions};
+pub use lora::{DropoutStream, LoraConfig};

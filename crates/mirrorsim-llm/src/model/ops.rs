@@ -1,0 +1,358 @@
+//! Custom ops for the differentiable (training) path.
+//!
+//! [`rms_norm`] and [`rope`] run candle's fused kernels forward and give them a backward pass
+//! (candle's own fused versions carry no gradient; the composite versions keep several
+//! activation-sized tensors per call alive for backprop).
+//!
+//! [`causal_softmax`] is the softmax of attention scores under a causal mask, in one op with its
+//! own backward `dS = P ⊙ (dP − Σⱼ dP ⊙ P)`. The composite version (mask add, max, subtract,
+//! exp, sum, divide) keeps five score-sized tensors per layer alive for backprop; this keeps one
+//! (the probabilities), which is most of a training step's activation memory at long sequences.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Shape, Tensor, D};
+use rayon::prelude::*;
+
+/// A CPU storage region as a (copied) tensor, so a custom op can reuse candle's kernels.
+pub(crate) fn cpu_tensor(storage: &CpuStorage, layout: &Layout) -> candle_core::Result<Tensor> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("custom op needs a contiguous input");
+    };
+    Tensor::from_slice(
+        &storage.as_slice::<f32>()?[start..end],
+        layout.shape(),
+        &Device::Cpu,
+    )
+}
+
+/// The data of a CPU f32 tensor as a custom op's output.
+pub(crate) fn cpu_output(tensor: Tensor) -> candle_core::Result<(CpuStorage, Shape)> {
+    let tensor = tensor.contiguous()?;
+    let shape = tensor.shape().clone();
+    let (storage, layout) = tensor.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => {
+            let Some((start, end)) = layout.contiguous_offsets() else {
+                candle_core::bail!("custom op produced a strided output");
+            };
+            Ok((
+                CpuStorage::F32(cpu.as_slice::<f32>()?[start..end].to_vec()),
+                shape,
+            ))
+        }
+        _ => candle_core::bail!("custom op ran off the CPU"),
+    }
+}
+
+fn cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == candle_core::DType::F32
+}
+
+/// RMSNorm over the last dim, `x / √(mean(x²) + eps) · weight`, with gradients for `x` and
+/// `weight`. Off the CPU, the composite ops are used.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
+    if !cpu_f32(x) {
+        let hidden = x.dim(D::Minus1)? as f64;
+        let mean_square = (x.sqr()?.sum_keepdim(D::Minus1)? / hidden)?;
+        return x
+            .broadcast_div(&(mean_square + eps as f64)?.sqrt()?)?
+            .broadcast_mul(weight);
+    }
+    x.contiguous()?
+        .apply_op2(&weight.contiguous()?, RmsNorm { eps })
+}
+
+struct RmsNorm {
+    eps: f32,
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm-with-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = cpu_tensor(x, x_layout)?;
+        let w = cpu_tensor(w, w_layout)?;
+        cpu_output(candle_nn::ops::rms_norm(&x, &w, self.eps)?)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let hidden = x.dim(D::Minus1)? as f64;
+        let rstd = ((x.sqr()?.sum_keepdim(D::Minus1)? / hidden)? + self.eps as f64)?
+            .sqrt()?
+            .recip()?;
+        let normed = x.broadcast_mul(&rstd)?;
+        let grad_normed = grad.broadcast_mul(weight)?;
+        // d/dx of x·r: r·g − x·r³·mean(g ⊙ x) = r·(g − normed·mean(g ⊙ normed)).
+        let mean = ((&grad_normed * &normed)?.sum_keepdim(D::Minus1)? / hidden)?;
+        let grad_x = (grad_normed - normed.broadcast_mul(&mean)?)?.broadcast_mul(&rstd)?;
+        let rows = grad.elem_count() / weight.elem_count();
+        let grad_w = (grad * &normed)?
+            .reshape((rows, weight.elem_count()))?
+            .sum(0)?
+            .reshape(weight.shape())?;
+        Ok((Some(grad_x), Some(grad_w)))
+    }
+}
+
+/// HF-convention RoPE (rotate_half) of `x (batch, heads, seq, head_dim)` with gradient for `x`
+/// (the rotation by −θ). `cos`/`sin` are `(seq, head_dim/2)` or `(batch, seq, head_dim/2)`.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
+    if !cpu_f32(x) {
+        return rope_composite(x, &cos, &sin);
+    }
+    x.contiguous()?.apply_op1(Rope { cos, sin })
+}
+
+fn rope_composite(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    let (batch, _, seq, head_dim) = x.dims4()?;
+    let half = head_dim / 2;
+    let lead = if cos.rank() == 2 { 1 } else { batch };
+    let cos = Tensor::cat(&[cos, cos], D::Minus1)?.reshape((lead, 1, seq, head_dim))?;
+    let sin = Tensor::cat(&[sin, sin], D::Minus1)?.reshape((lead, 1, seq, head_dim))?;
+    let first = x.narrow(D::Minus1, 0, half)?;
+    let second = x.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&second.neg()?, &first], D::Minus1)?;
+    x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+}
+
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "rope-with-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = cpu_tensor(storage, layout)?;
+        cpu_output(candle_nn::rotary_emb::rope(&x, &self.cos, &self.sin)?)
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(candle_nn::rotary_emb::rope(
+            &grad.contiguous()?,
+            &self.cos,
+            &self.sin.neg()?,
+        )?))
+    }
+}
+
+/// Softmax over the last dim of `scores (…, rows, total)` where row `r` is the query at position
+/// `past + r % seq` and may see keys `0..=past + r % seq` (rows are ordered group-major, as the
+/// decoder folds grouped query heads into rows). Off the CPU, the composite ops are used.
+pub fn causal_softmax(scores: &Tensor, seq: usize, past: usize) -> candle_core::Result<Tensor> {
+    if !scores.device().is_cpu() || scores.dtype() != candle_core::DType::F32 {
+        let (rows, total) = (scores.dim(D::Minus2)?, scores.dim(D::Minus1)?);
+        let mask: Vec<f32> = (0..rows)
+            .flat_map(|r| {
+                (0..total).map(move |j| {
+                    if j <= past + r % seq {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (rows, total), scores.device())?;
+        return candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1);
+    }
+    scores.contiguous()?.apply_op1(CausalSoftmax { seq, past })
+}
+
+struct CausalSoftmax {
+    seq: usize,
+    past: usize,
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("causal-softmax needs a contiguous input");
+        };
+        let input = &storage.as_slice::<f32>()?[start..end];
+        let dims = layout.shape().dims();
+        if dims.len() < 2 {
+            candle_core::bail!("causal-softmax needs at least two dims");
+        }
+        let total = dims[dims.len() - 1];
+        let rows = dims[dims.len() - 2];
+        let (seq, past) = (self.seq.max(1), self.past);
+        let mut output = vec![0f32; input.len()];
+        output
+            .par_chunks_mut(total)
+            .zip(input.par_chunks(total))
+            .enumerate()
+            .for_each(|(row, (out, scores))| {
+                let visible = (past + (row % rows) % seq + 1).min(total);
+                let max = scores[..visible]
+                    .iter()
+                    .copied()
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for (o, &s) in out[..visible].iter_mut().zip(&scores[..visible]) {
+                    *o = (s - max).exp();
+                    sum += *o;
+                }
+                let inv = 1.0 / sum;
+                for o in &mut out[..visible] {
+                    *o *= inv;
+                }
+            });
+        Ok((CpuStorage::F32(output), layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let weighted = (grad_res * res)?.sum_keepdim(D::Minus1)?;
+        Ok(Some((grad_res.broadcast_sub(&weighted)? * res)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn composite(scores: &Tensor, seq: usize, past: usize) -> candle_core::Result<Tensor> {
+        let (rows, total) = (scores.dim(D::Minus2)?, scores.dim(D::Minus1)?);
+        let mask: Vec<f32> = (0..rows)
+            .flat_map(|r| {
+                (0..total).map(move |j| {
+                    if j <= past + r % seq {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (rows, total), scores.device())?;
+        candle_nn::ops::softmax(&scores.broadcast_add(&mask)?, D::Minus1)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    fn ramp(shape: &[usize], scale: f32) -> Tensor {
+        let count: usize = shape.iter().product();
+        let values: Vec<f32> = (0..count)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * scale)
+            .collect();
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn rms_norm_and_rope_match_the_composite_ops_with_gradients() -> candle_core::Result<()> {
+        let x = Var::from_tensor(&ramp(&[2, 3, 8], 0.2))?;
+        let w = Var::from_tensor(&(ramp(&[8], 0.05) + 1.0)?)?;
+        let probe = ramp(&[2, 3, 8], 0.7);
+        let composite = {
+            let mean_square = (x.sqr()?.sum_keepdim(D::Minus1)? / 8.0)?;
+            x.broadcast_div(&(mean_square + 1e-5)?.sqrt()?)?
+                .broadcast_mul(&w)?
+        };
+        let fused = rms_norm(&x, &w, 1e-5)?;
+        assert!(max_diff(&fused, &composite) < 1e-5);
+        let g1 = (fused * &probe)?.sum_all()?.backward()?;
+        let g2 = (composite * &probe)?.sum_all()?.backward()?;
+        for var in [&x, &w] {
+            let d = max_diff(g1.get(var).unwrap(), g2.get(var).unwrap());
+            assert!(d < 1e-4, "rms_norm gradient differs by {d}");
+        }
+
+        let q = Var::from_tensor(&ramp(&[2, 3, 5, 8], 0.1))?;
+        let probe = ramp(&[2, 3, 5, 8], 0.3);
+        for per_row in [false, true] {
+            let (cos, sin) = if per_row {
+                (ramp(&[2, 5, 4], 0.04), ramp(&[2, 5, 4], 0.03))
+            } else {
+                (ramp(&[5, 4], 0.04), ramp(&[5, 4], 0.03))
+            };
+            let fused = rope(&q, &cos, &sin)?;
+            let composite = rope_composite(&q, &cos, &sin)?;
+            assert!(max_diff(&fused, &composite) < 1e-6);
+            let g1 = (fused * &probe)?.sum_all()?.backward()?;
+            let g2 = (composite * &probe)?.sum_all()?.backward()?;
+            assert!(max_diff(g1.get(&q).unwrap(), g2.get(&q).unwrap()) < 1e-5);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn matches_the_composite_ops_forward_and_backward() -> candle_core::Result<()> {
+        // (batch 2, kv heads 2, groups 2 × seq 3, total 5 = past 2 + seq 3)
+        let values: Vec<f32> = (0..2 * 2 * 6 * 5)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.3)
+            .collect();
+        let scores = Var::from_tensor(&Tensor::from_vec(values, (2, 2, 6, 5), &Device::Cpu)?)?;
+        let weights = Tensor::from_vec(
+            (0..2 * 2 * 6 * 5)
+                .map(|i| (i % 7) as f32 - 3.0)
+                .collect::<Vec<_>>(),
+            (2, 2, 6, 5),
+            &Device::Cpu,
+        )?;
+        let fused = causal_softmax(scores.as_tensor(), 3, 2)?;
+        let reference = composite(scores.as_tensor(), 3, 2)?;
+        let diff = (&fused - &reference)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "forward differs by {diff}");
+        let g_fused = (fused * &weights)?.sum_all()?.backward()?;
+        let g_reference = (reference * &weights)?.sum_all()?.backward()?;
+        let (a, b) = (
+            g_fused.get(scores.as_tensor()).unwrap(),
+            g_reference.get(scores.as_tensor()).unwrap(),
+        );
+        let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "backward differs by {diff}");
+        Ok(())
+    }
+}
