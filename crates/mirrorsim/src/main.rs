@@ -45,6 +45,15 @@ enum Command {
     ServeLlm(commands::serve_llm::ServeLlmArgs),
     /// Run the demo: the embedded ml-latest-small data and the default SmolLM2 model.
     Demo(commands::demo::DemoArgs),
+    /// Fine-tune a local model with LoRA (SFT, then DPO) on the distilled sets.
+    #[command(subcommand)]
+    Train(commands::train::TrainCommand),
+    /// Merge a LoRA adapter into its base model and write GGUF (f16, q8_0) or safetensors.
+    Export(commands::export::ExportArgs),
+    /// Evaluate a simulator and classical baselines against real held-out choices.
+    Eval(commands::eval::EvalArgs),
+    /// Compare several runs' metrics.json in one HTML report.
+    Report(commands::report::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +69,10 @@ fn main() -> ExitCode {
         Command::Chat(args) => commands::chat::run(args),
         Command::ServeLlm(args) => commands::serve_llm::run(args),
         Command::Demo(args) => commands::demo::run(args),
+        Command::Train(cmd) => commands::train::run(cmd),
+        Command::Export(args) => commands::export::run(args),
+        Command::Eval(args) => commands::eval::run(args),
+        Command::Report(args) => commands::report::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -363,6 +363,91 @@ impl<'a> SceneRenderer<'a> {
     }
 }
 
+/// The scene with its options shown in a new order: slot `j` shows the option that was in slot
+/// `order[j]`. Options, answer slot and exposure sources are permuted, and both prompts are
+/// re-rendered by moving the option lines of `scene.j2` (`[L] title (details)`, one per option,
+/// each starting a line) to their new slots under the unchanged labels. Fails when `order` is
+/// not a permutation of the slots or a prompt does not hold exactly one line per label.
+pub fn reorder_options(record: &SceneRecord, order: &[usize]) -> Result<SceneRecord, DataError> {
+    let k = record.options.len();
+    let mut seen = vec![false; k];
+    if order.len() != k
+        || record.exposure_sources.len() != k
+        || record.labels.len() != k
+        || order
+            .iter()
+            .any(|&slot| slot >= k || std::mem::replace(&mut seen[slot], true))
+    {
+        return Err(DataError::Config(format!(
+            "scene {}: {order:?} is not an order of its {k} options (with one label and one \
+             exposure source each)",
+            record.id
+        )));
+    }
+    let reorder_text = |text: &str| -> Result<String, DataError> {
+        let mut lines: Vec<String> = text.split('\n').map(str::to_owned).collect();
+        let mut line_of_slot = Vec::with_capacity(k);
+        for label in &record.labels {
+            let prefix = format!("[{label}] ");
+            let found: Vec<usize> = (0..lines.len())
+                .filter(|&i| lines[i].starts_with(&prefix))
+                .collect();
+            if found.len() != 1 {
+                return Err(DataError::Config(format!(
+                    "scene {}: the prompt has {} lines starting `{prefix}`, expected exactly one",
+                    record.id,
+                    found.len()
+                )));
+            }
+            line_of_slot.push(found[0]);
+        }
+        let bodies: Vec<String> = line_of_slot
+            .iter()
+            .zip(&record.labels)
+            .map(|(&i, label)| lines[i][label.len() + 3..].to_owned())
+            .collect();
+        for (slot, &line) in line_of_slot.iter().enumerate() {
+            lines[line] = format!("[{}] {}", record.labels[slot], bodies[order[slot]]);
+        }
+        Ok(lines.join("\n"))
+    };
+    let reorder_messages = |messages: &[ChatMessage]| -> Result<Vec<ChatMessage>, DataError> {
+        messages
+            .iter()
+            .map(|m| {
+                Ok(ChatMessage {
+                    role: m.role.clone(),
+                    content: if m.role == "user" {
+                        reorder_text(&m.content)?
+                    } else {
+                        m.content.clone()
+                    },
+                })
+            })
+            .collect()
+    };
+    let answer = order
+        .iter()
+        .position(|&slot| slot == record.answer)
+        .ok_or_else(|| {
+            DataError::Config(format!(
+                "scene {}: answer slot {} is outside its {k} options",
+                record.id, record.answer
+            ))
+        })?;
+    Ok(SceneRecord {
+        options: order.iter().map(|&s| record.options[s].clone()).collect(),
+        exposure_sources: order
+            .iter()
+            .map(|&s| record.exposure_sources[s].clone())
+            .collect(),
+        answer,
+        messages: reorder_messages(&record.messages)?,
+        direct_messages: reorder_messages(&record.direct_messages)?,
+        ..record.clone()
+    })
+}
+
 /// `A`, `B`, … for `k` options.
 pub fn labels(k: usize) -> Vec<String> {
     (b'A'..=b'Z')

@@ -1,0 +1,308 @@
+//! `mirrorsim eval`: score a simulator and classical baselines on eval scenes against the real
+//! choices; writes `metrics.json`, `predictions.jsonl` and `report.html`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use mirrorsim_data::scenes::read_jsonl;
+use mirrorsim_data::{read_source, ReadOptions, SourceSpec};
+use mirrorsim_distill::{Journal, JournaledBackend};
+use mirrorsim_eval::agent4rec::{select_cases, RATIOS};
+use mirrorsim_eval::evaluate::{
+    baseline_metrics, baseline_predictions, resolve_cutoff, simulator_predictor_metrics,
+    write_outputs,
+};
+use mirrorsim_eval::report::{read_loss_curves, render_report, ReportRun};
+use mirrorsim_eval::simulate::score_simulator;
+use mirrorsim_eval::{
+    BaselineConfig, BaselineKind, FittedBaselines, MetricsFile, Mode, PredictionLine,
+    SimulatorConfig,
+};
+use mirrorsim_llm::engine::{EngineOptions, LocalEngine};
+use mirrorsim_llm::Backend;
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Eval scenes (JSONL), e.g. RUN/scenes/scenes.eval.jsonl.
+    #[arg(long)]
+    scenes: PathBuf,
+    /// The simulator: a GGUF file or HF model directory, `default` for SmolLM2-135M-Instruct,
+    /// or `none` for baselines only.
+    #[arg(long)]
+    model: String,
+    /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors) applied
+    /// on top of --model.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
+    /// direct: one forward after `Behavior: [`; rationale: R generated rationales, each scored.
+    #[arg(long, default_value = "direct")]
+    mode: String,
+    /// Direct: samples per scene for sampled accuracy; rationale: rationales per scene.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Evaluate only the first N scenes.
+    #[arg(long, value_name = "N")]
+    max_scenes: Option<usize>,
+    /// Baselines to compare with (comma-separated; `none` for none).
+    #[arg(long, default_value = "random,popularity,knn,ease")]
+    baselines: String,
+    /// The dataset the scenes were built from, as FORMAT:PATH (needed by every baseline
+    /// except random).
+    #[arg(long)]
+    catalog: Option<String>,
+    /// Baselines see only interactions strictly before this Unix time [default: the
+    /// `cutoff_timestamp` of scenes.summary.json beside the scenes].
+    #[arg(long)]
+    cutoff: Option<i64>,
+    /// Softmax temperature of the baselines' scores.
+    #[arg(long, default_value_t = 1.0)]
+    baseline_temperature: f64,
+    /// EASE's L2 weight λ.
+    #[arg(long, default_value_t = 500.0)]
+    ease_lambda: f64,
+    /// EASE uses only items with at least this many pre-cutoff interactions.
+    #[arg(long, default_value_t = 1)]
+    ease_min_interactions: usize,
+    /// EASE uses at most this many items (the most interacted).
+    #[arg(long, default_value_t = 4000)]
+    ease_max_items: usize,
+    /// Do not re-score the scenes under cyclic rotations of their options (k times cheaper).
+    #[arg(long)]
+    no_rotations: bool,
+    /// Do not ask the Agent4Rec yes/no questions.
+    #[arg(long)]
+    no_agent4rec: bool,
+    /// Rationale mode: sampling temperature and most tokens per rationale.
+    #[arg(long, default_value_t = 1.0)]
+    rationale_temperature: f32,
+    #[arg(long, default_value_t = 256)]
+    rationale_tokens: usize,
+    /// Seed of every sample.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output folder (metrics.json, predictions.jsonl, report.html, journal.sqlite).
+    #[arg(long)]
+    out: PathBuf,
+    /// Print metrics.json to stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let mode: Mode = args.mode.parse()?;
+    let kinds = BaselineKind::parse_list(&args.baselines)?;
+    let mut timings = BTreeMap::new();
+    let mut scenes = read_jsonl(&args.scenes)
+        .with_context(|| format!("reading scenes {}", args.scenes.display()))?;
+    if let Some(n) = args.max_scenes {
+        scenes.truncate(n);
+    }
+    if scenes.is_empty() {
+        bail!("{} holds no scenes", args.scenes.display());
+    }
+    let cases = select_cases(&scenes);
+    let mut notes = Vec::new();
+    let mut predictors = Vec::new();
+    let mut lines = Vec::new();
+    let (mut model_id, mut mode_name) = (None, None);
+    let (mut journal_hits, mut journal_misses) = (None, None);
+
+    if args.model == "none" && args.adapter.is_some() {
+        bail!("--adapter needs a --model to apply it to");
+    }
+    if args.model != "none" {
+        let started = Instant::now();
+        let path = if args.model == "default" {
+            mirrorsim_llm::default_model::default_model_path()?
+        } else {
+            PathBuf::from(&args.model)
+        };
+        eprintln!("loading {}", path.display());
+        let options = EngineOptions {
+            adapter: args.adapter.clone(),
+            ..EngineOptions::default()
+        };
+        let engine = LocalEngine::load(&path, options)
+            .with_context(|| format!("loading the model {}", path.display()))?;
+        timings.insert("model_load".to_owned(), started.elapsed().as_secs_f64());
+        let journal = Journal::open(&args.out.join("journal.sqlite"))?;
+        let journaled = JournaledBackend::new(&engine, &journal);
+        let config = SimulatorConfig {
+            mode,
+            repeats: args.repeats,
+            seed: args.seed,
+            rotations: !args.no_rotations,
+            agent4rec: !args.no_agent4rec,
+            rationale_temperature: args.rationale_temperature,
+            rationale_tokens: args.rationale_tokens,
+            ..SimulatorConfig::default()
+        };
+        let output = score_simulator(&scenes, &journaled, &config, &cases)?;
+        timings.insert("simulator_scoring".to_owned(), output.wall_s);
+        let counts = journaled.counts();
+        journal_hits = Some(counts.hits);
+        journal_misses = Some(counts.misses);
+        eprintln!(
+            "simulator scored in {:.1} s ({} LLM requests answered from the journal, {} sent)",
+            output.wall_s, counts.hits, counts.misses
+        );
+        if output.scenes_with_missing_labels > 0 {
+            notes.push(format!(
+                "{} scenes: the backend could not report the probability of some option labels \
+                 (their mass counts as 0)",
+                output.scenes_with_missing_labels
+            ));
+        }
+        let name = format!("{} ({})", engine.model_id(), mode.name());
+        predictors.push(simulator_predictor_metrics(
+            &name, &scenes, &output, &cases,
+        )?);
+        lines.extend(
+            output
+                .predictions
+                .into_iter()
+                .map(|prediction| PredictionLine {
+                    predictor: name.clone(),
+                    prediction,
+                }),
+        );
+        model_id = Some(engine.model_id());
+        mode_name = Some(mode.name().to_owned());
+    }
+
+    let (cutoff, cutoff_source) = resolve_cutoff(&args.scenes, &scenes, args.cutoff)?;
+    let baseline_config = BaselineConfig {
+        temperature: args.baseline_temperature,
+        ease_lambda: args.ease_lambda,
+        ease_min_interactions: args.ease_min_interactions,
+        ease_max_items: args.ease_max_items,
+        ..BaselineConfig::default()
+    };
+    let mut interactions_before_cutoff = None;
+    if !kinds.is_empty() {
+        let spec: SourceSpec = args
+            .catalog
+            .as_deref()
+            .context(
+                "baselines need the dataset: pass --catalog FORMAT:PATH (or --baselines none)",
+            )?
+            .parse()?;
+        let started = Instant::now();
+        let (catalog, _) = read_source(&spec, &ReadOptions::default())
+            .with_context(|| format!("reading {spec}"))?;
+        timings.insert("catalog_read".to_owned(), started.elapsed().as_secs_f64());
+        let started = Instant::now();
+        eprintln!("fitting baselines on interactions before {cutoff:?} ({cutoff_source})");
+        let fitted = FittedBaselines::fit(
+            &catalog,
+            cutoff,
+            &baseline_config,
+            kinds.contains(&BaselineKind::Ease),
+        )?;
+        timings.insert("baselines_fit".to_owned(), started.elapsed().as_secs_f64());
+        interactions_before_cutoff = Some(fitted.interactions_before_cutoff);
+        notes.push(format!(
+            "baseline distributions are softmax(score / {}) with an untuned temperature: their \
+             NLL, Brier and ECE depend on it, their accuracy does not",
+            args.baseline_temperature
+        ));
+        let started = Instant::now();
+        for &kind in &kinds {
+            let predictions =
+                baseline_predictions(&fitted, kind, &scenes, args.repeats, args.seed)?;
+            predictors.push(baseline_metrics(kind, &scenes, &predictions, &cases)?);
+            lines.extend(predictions.into_iter().map(|prediction| PredictionLine {
+                predictor: kind.name().to_owned(),
+                prediction,
+            }));
+        }
+        timings.insert(
+            "baselines_score".to_owned(),
+            started.elapsed().as_secs_f64(),
+        );
+    }
+    let max_options = scenes.iter().map(|s| s.options.len()).max().unwrap_or(0);
+    let left_out: Vec<String> = RATIOS
+        .iter()
+        .filter(|&&m| m + 1 > max_options)
+        .map(|m| format!("1:{m}"))
+        .collect();
+    if !left_out.is_empty() {
+        notes.push(format!(
+            "Agent4Rec ratios {} left out: the scenes have at most {max_options} options",
+            left_out.join(", ")
+        ));
+    }
+    notes.push(
+        "rating MAE/RMSE is not computed: the scenes hold no rating of the decision".to_owned(),
+    );
+
+    let metrics = MetricsFile {
+        scenes_file: args.scenes.display().to_string(),
+        scenes: scenes.len(),
+        model: model_id,
+        mode: mode_name,
+        repeats: args.repeats,
+        seed: args.seed,
+        cutoff_timestamp: cutoff,
+        cutoff_source,
+        interactions_before_cutoff,
+        baseline_config: (!kinds.is_empty()).then_some(baseline_config),
+        predictors,
+        notes,
+        timings,
+        llm_requests_from_journal: journal_hits,
+        llm_requests_sent: journal_misses,
+    };
+    let paths = write_outputs(&args.out, &metrics, &lines)?;
+    let report_path = args.out.join("report.html");
+    write_report(&report_path, &args.out, &metrics)?;
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&metrics)?);
+        return Ok(());
+    }
+    println!(
+        "{:<44} {:>9} {:>17} {:>9} {:>7}",
+        "predictor", "accuracy", "95% CI", "NLL bits", "ECE"
+    );
+    for p in &metrics.predictors {
+        let m = &p.metrics;
+        println!(
+            "{:<44} {:>9.4} [{:.4}, {:.4}] {:>9.4} {:>7.4}",
+            p.name, m.accuracy, m.ci_low, m.ci_high, m.nll_bits, m.ece
+        );
+    }
+    println!(
+        "wrote {}, {} and {}",
+        paths.metrics.display(),
+        paths.predictions.display(),
+        report_path.display()
+    );
+    Ok(())
+}
+
+/// The report of one eval folder; loss curves from `DIR/train/*/loss.jsonl` or, for an eval
+/// folder inside a run directory, from the run directory's.
+fn write_report(path: &Path, dir: &Path, metrics: &MetricsFile) -> anyhow::Result<()> {
+    let mut curves = read_loss_curves(dir)?;
+    if curves.is_empty() {
+        if let Some(parent) = dir.parent() {
+            curves = read_loss_curves(parent)?;
+        }
+    }
+    let run = ReportRun {
+        label: dir.file_name().map_or_else(
+            || dir.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        ),
+        metrics: metrics.clone(),
+        loss_curves: curves,
+    };
+    let html = render_report("mirrorsim evaluation", &[run]);
+    mirrorsim_data::io::write_atomic(path, |w| w.write_all(html.as_bytes()))?;
+    Ok(())
+}

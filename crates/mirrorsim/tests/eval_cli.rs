@@ -1,0 +1,200 @@
+//! `mirrorsim eval` end to end with the real default model (SmolLM2-135M) on 10 eval scenes of
+//! the embedded ml-latest-small in direct mode, beside all four baselines; a second run is
+//! answered entirely from the journal and gives the same metrics; option rotations on 3 scenes
+//! reuse the journaled unrotated scores; `mirrorsim report` compares two runs. Rotations are
+//! kept to 3 scenes because each costs k more forwards on a 2-core machine.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn mirrorsim(args: &[&str], extra: &[&Path]) -> std::process::Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_mirrorsim"))
+        .args(args)
+        .args(extra)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run mirrorsim");
+    assert!(
+        output.status.success(),
+        "mirrorsim {args:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn eval(scenes: &Path, model: &Path, out: &Path, extra: &[&str]) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_mirrorsim"))
+        .args(["eval", "--mode", "direct", "--repeats", "3", "--json"])
+        .args(["--catalog", "movielens:../../data/ml-latest-small"])
+        // EASE on the 300 most interacted items: its dense inverse is slow in a test build.
+        .args(["--ease-max-items", "300"])
+        .args(extra)
+        .arg("--scenes")
+        .arg(scenes)
+        .arg("--model")
+        .arg(model)
+        .arg("--out")
+        .arg(out)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run mirrorsim eval");
+    assert!(
+        output.status.success(),
+        "eval failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("eval --json prints metrics.json")
+}
+
+#[test]
+fn eval_scores_the_real_model_beside_baselines_and_resumes() {
+    let model = mirrorsim_llm::default_model::default_model_path().expect("the default model");
+    let dir = tempfile::tempdir().unwrap();
+    let scenes_dir = dir.path().join("scenes");
+    mirrorsim(
+        &[
+            "scenes",
+            "--source",
+            "movielens:../../data/ml-latest-small",
+            "--max-train",
+            "0",
+            "--max-eval",
+            "12",
+            "--negatives",
+            "random=1,popularity=1",
+            "--seed",
+            "5",
+            "--out",
+        ],
+        &[&scenes_dir],
+    );
+    let scenes = scenes_dir.join("scenes.eval.jsonl");
+    let out = dir.path().join("run").join("eval");
+    // 10 scenes without rotations: 10 direct requests and 10 Agent4Rec requests.
+    let ten = ["--max-scenes", "10", "--no-rotations"];
+    let first = eval(&scenes, &model, &out, &ten);
+
+    assert_eq!(first["scenes"], 10);
+    assert_eq!(first["mode"], "direct");
+    assert!(first["cutoff_source"]
+        .as_str()
+        .unwrap()
+        .ends_with("scenes.summary.json"));
+    let predictors = first["predictors"].as_array().unwrap();
+    let names: Vec<&str> = predictors
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 5);
+    assert!(names[0].ends_with("(direct)") && names[0].contains("SmolLM2"));
+    assert_eq!(&names[1..], ["random", "popularity", "knn", "ease"]);
+    let simulator = &predictors[0]["metrics"];
+    assert_eq!(simulator["scenes"], 10);
+    let accuracy = simulator["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&accuracy));
+    assert!(simulator["nll_bits"].as_f64().unwrap() > 0.0);
+    assert_eq!(simulator["samples_per_scene"], 3);
+    assert!(simulator["position_bias"].is_null());
+    let agent4rec = predictors[0]["agent4rec"].as_object().unwrap();
+    assert_eq!(
+        agent4rec.keys().collect::<Vec<_>>(),
+        ["1", "2", "3"],
+        "1:9 needs 10 options"
+    );
+    let users = agent4rec["1"]["users"].as_u64().unwrap();
+    assert!((1..=10).contains(&users));
+    assert_eq!(agent4rec["3"]["items"].as_u64().unwrap(), 4 * users);
+    assert!((predictors[1]["metrics"]["accuracy"].as_f64().unwrap() - 0.2).abs() < 1e-12);
+    assert_eq!(first["llm_requests_sent"].as_u64().unwrap(), 10 + users);
+    assert_eq!(first["llm_requests_from_journal"], 0);
+
+    // predictions.jsonl: 10 scenes × 5 predictors.
+    let predictions = std::fs::read_to_string(out.join("predictions.jsonl")).unwrap();
+    let lines: Vec<Value> = predictions
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 50);
+    for line in &lines[..10] {
+        let distribution = line["distribution"].as_array().unwrap();
+        assert_eq!(distribution.len(), 5);
+        let sum: f64 = distribution.iter().map(|p| p.as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-6);
+        assert_eq!(line["samples"].as_array().unwrap().len(), 3);
+    }
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("SmolLM2") && html.contains("<svg") && !html.contains("<script"));
+
+    // Again: every LLM request comes from the journal, and the metrics are the same.
+    let again = eval(&scenes, &model, &out, &ten);
+    assert_eq!(again["llm_requests_sent"], 0);
+    assert_eq!(
+        again["llm_requests_from_journal"],
+        first["llm_requests_sent"]
+    );
+    assert_eq!(again["predictors"], first["predictors"]);
+
+    // Position bias on 3 scenes: rotation 0 comes from the journal, rotations 1–4 are new.
+    let rotated = eval(
+        &scenes,
+        &model,
+        &out,
+        &["--max-scenes", "3", "--no-agent4rec"],
+    );
+    assert_eq!(rotated["llm_requests_sent"], 12);
+    assert_eq!(rotated["llm_requests_from_journal"], 3);
+    let simulator = &rotated["predictors"][0]["metrics"];
+    assert_eq!(simulator["position_bias"]["scenes"], 3);
+    let rates = simulator["position_bias"]["slot_choice_rate"]["5"]
+        .as_array()
+        .unwrap();
+    let total: f64 = rates.iter().map(|r| r.as_f64().unwrap()).sum();
+    assert!(
+        (total - 1.0).abs() < 1e-9,
+        "slot choice rates sum to {total}"
+    );
+    let first_line: Value = serde_json::from_str(
+        std::fs::read_to_string(out.join("predictions.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first_line["rotations"].as_array().unwrap().len(), 5);
+    assert_eq!(first_line["rotations"][0], first_line["distribution"]);
+    assert_eq!(first_line["distribution"], lines[0]["distribution"]);
+
+    // Baselines only, then both runs in one page.
+    let baselines_only = dir.path().join("baselines");
+    let output = mirrorsim(
+        &[
+            "eval",
+            "--model",
+            "none",
+            "--catalog",
+            "movielens:../../data/ml-latest-small",
+            "--max-scenes",
+            "10",
+            "--ease-max-items",
+            "300",
+            "--scenes",
+        ],
+        &[&scenes, Path::new("--out"), &baselines_only],
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("popularity"));
+    let page = dir.path().join("compare.html");
+    mirrorsim(
+        &["report"],
+        &[
+            &dir.path().join("run"),
+            &baselines_only,
+            Path::new("--out"),
+            &page,
+        ],
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert_eq!(html.matches("data-metric=\"accuracy\"").count(), 9);
+}
