@@ -45,21 +45,34 @@ impl ReferenceLogprobs {
         Ok(ReferenceLogprobs { by_example })
     }
 
-    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+    /// Writes them with the fingerprint of the data they were computed for.
+    pub fn save(&self, path: &Path, data_fingerprint: &str) -> Result<(), TrainError> {
         let mut entries: Vec<(&usize, &(f64, f64))> = self.by_example.iter().collect();
         entries.sort_by_key(|(index, _)| **index);
-        let text = serde_json::to_string(&entries).map_err(|e| TrainError::file(path, e))?;
+        let value = serde_json::json!({
+            "data_fingerprint": data_fingerprint,
+            "entries": entries,
+        });
+        let text = serde_json::to_string(&value).map_err(|e| TrainError::file(path, e))?;
         mirrorsim_data::io::write_atomic(path, |w| w.write_all(text.as_bytes()))?;
         Ok(())
     }
 
-    pub fn load(path: &Path) -> Result<Self, TrainError> {
+    /// Reads them back; `None` when they were computed for other data.
+    pub fn load(path: &Path, data_fingerprint: &str) -> Result<Option<Self>, TrainError> {
+        #[derive(Deserialize)]
+        struct Stored {
+            data_fingerprint: String,
+            entries: Vec<(usize, (f64, f64))>,
+        }
         let text = std::fs::read_to_string(path).map_err(|e| TrainError::file(path, e))?;
-        let entries: Vec<(usize, (f64, f64))> =
-            serde_json::from_str(&text).map_err(|e| TrainError::file(path, e))?;
-        Ok(ReferenceLogprobs {
-            by_example: entries.into_iter().collect(),
-        })
+        let stored: Stored = serde_json::from_str(&text).map_err(|e| TrainError::file(path, e))?;
+        if stored.data_fingerprint != data_fingerprint {
+            return Ok(None);
+        }
+        Ok(Some(ReferenceLogprobs {
+            by_example: stored.entries.into_iter().collect(),
+        }))
     }
 
     fn get(&self, index: usize) -> Result<(f64, f64), TrainError> {

@@ -176,14 +176,21 @@ pub fn run_dpo(
     let train_set: Vec<_> = train_idx.iter().map(|&i| (i, &examples[i])).collect();
     let eval_set: Vec<_> = eval_idx.iter().map(|&i| (i, &examples[i])).collect();
     let reference_path = paths.out.join("reference_logprobs.json");
-    let reference = if resume && reference_path.is_file() {
-        ReferenceLogprobs::load(&reference_path)?
+    let data_fingerprint = fingerprint(paths)?;
+    let stored = if resume && reference_path.is_file() {
+        ReferenceLogprobs::load(&reference_path, &data_fingerprint)?
     } else {
-        let all: Vec<_> = train_set.iter().chain(&eval_set).copied().collect();
-        let reference = ReferenceLogprobs::compute(&loaded.model, &all, progress)?;
-        std::fs::create_dir_all(&paths.out).map_err(|e| TrainError::file(&paths.out, e))?;
-        reference.save(&reference_path)?;
-        reference
+        None
+    };
+    let reference = match stored {
+        Some(reference) => reference,
+        None => {
+            let all: Vec<_> = train_set.iter().chain(&eval_set).copied().collect();
+            let reference = ReferenceLogprobs::compute(&loaded.model, &all, progress)?;
+            std::fs::create_dir_all(&paths.out).map_err(|e| TrainError::file(&paths.out, e))?;
+            reference.save(&reference_path, &data_fingerprint)?;
+            reference
+        }
     };
     let objective = DpoObjective {
         beta: config.beta,
@@ -194,7 +201,7 @@ pub fn run_dpo(
         out_dir: &paths.out,
         config: &config,
         model_id: loaded.model_id.clone(),
-        data_fingerprint: fingerprint(paths)?,
+        data_fingerprint,
         truncation,
         resume,
         progress,
