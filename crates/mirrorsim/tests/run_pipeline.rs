@@ -296,3 +296,190 @@ fn unknown_keys_and_unknown_models_are_named() {
         "nothing runs on a bad config"
     );
 }
+
+/// A pipeline from raw data to a report: tiny LLM stages, one SFT step and one DPO step on
+/// rank-4 adapters, and an eval of the base model and both adapters beside two baselines.
+fn train_eval_pipeline(dir: &Path) -> PathBuf {
+    let text = format!(
+        r#"run_dir = "full"
+
+[source]
+spec = "movielens:{data}"
+
+[scenes]
+max_train_scenes = 8
+max_eval_scenes = 3
+history_len = 3
+# Two options per train scene: a short rationale then often both hits and misses, which
+# distillation needs to keep a scene.
+train_options = {{ min = 2, max = 2 }}
+seed = 4
+
+[models.small]
+path = "default"
+
+# One scene and four rationales per source: with these seeds the predictor follows all strong
+# rationales to the real choice and misses after one weak one, so distillation keeps the scene
+# (an SFT example and a DPO pair).
+[rationales]
+strong_model = "small"
+weak_model = "small"
+n = 4
+strong_temperature = 0.7
+weak_temperature = 1.3
+max_tokens = 8
+seed = 3
+max_scenes = 1
+
+[score]
+predictor_model = "small"
+seed = 5
+
+[distill]
+top_k = 1
+
+[train.sft]
+data = "direct"
+max_steps = 1
+grad_accum = 1
+max_len = 256
+rank = 4
+alpha = 8.0
+eval_fraction = 0.0
+save_every = 0
+
+[train.dpo]
+max_steps = 1
+grad_accum = 1
+max_len = 256
+eval_fraction = 0.0
+save_every = 0
+beta = 0.1
+
+[eval]
+max_scenes = 3
+repeats = 2
+baselines = ["random", "popularity"]
+# Rotations and the Agent4Rec questions multiply the requests; the eval CLI's tests cover them.
+rotations = false
+agent4rec = false
+"#,
+        data = embedded_dataset().display()
+    );
+    let path = dir.join("full.toml");
+    fs::write(&path, text).unwrap();
+    path
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn run_trains_adapters_and_evaluates_them_beside_the_base_model_and_baselines() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = train_eval_pipeline(dir.path());
+    let toml = pipeline.to_str().unwrap();
+    let run = dir.path().join("full");
+
+    let first = run_ok(&["run", toml]);
+    assert!(!first.contains("up to date"), "{first}");
+    for stage in ["sft", "dpo"] {
+        let out = run.join("train").join(stage);
+        assert!(out.join("adapter_model.safetensors").is_file(), "{stage}");
+        assert!(out.join("adapter_config.json").is_file(), "{stage}");
+        let summary = read_json(&out.join("train_summary.json"));
+        assert_eq!(summary["kind"], stage);
+        assert_eq!(summary["steps"], 1, "{stage}");
+        assert!(!lines(&out.join("loss.jsonl")).is_empty(), "{stage}");
+    }
+    // DPO started from the SFT adapter, so it kept its rank.
+    let dpo_config = read_json(&run.join("train/dpo/train_summary.json"));
+    assert_eq!(dpo_config["config"]["lora"]["rank"], 4);
+
+    let metrics = read_json(&run.join("eval/metrics.json"));
+    assert_eq!(metrics["scenes"], 3);
+    let names: Vec<&str> = metrics["predictors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "base (direct)",
+            "sft (direct)",
+            "dpo (direct)",
+            "random",
+            "popularity"
+        ]
+    );
+    let model = metrics["model"].as_str().unwrap();
+    assert_eq!(model.matches("+lora:").count(), 2, "{model}");
+    // Three simulators × 3 scenes, plus the two baselines' 3 scenes each.
+    assert_eq!(lines(&run.join("eval/predictions.jsonl")).len(), 15);
+    let report = fs::read_to_string(run.join("eval/report.html")).unwrap();
+    for name in [
+        "base (direct)",
+        "sft (direct)",
+        "dpo (direct)",
+        "popularity",
+    ] {
+        assert!(report.contains(name), "the report lacks {name}");
+    }
+
+    let second = run_ok(&["run", toml]);
+    for stage in [
+        "scenes",
+        "rationales.strong",
+        "rationales.weak",
+        "scores",
+        "distill",
+        "train.sft",
+        "train.dpo",
+        "eval",
+    ] {
+        assert!(
+            second.contains(&format!("{stage}: up to date")),
+            "{stage} not skipped:\n{second}"
+        );
+    }
+    assert_eq!(second.matches(": up to date").count(), 8, "{second}");
+
+    // A training stage killed after its checkpoint (recorded as started, not done) resumes
+    // from it instead of starting over; the eval that follows is still up to date.
+    let stages_path = run.join("stages.json");
+    let mut stages = read_json(&stages_path);
+    let fingerprints = stages["fingerprints"].as_object_mut().unwrap();
+    let dpo_fingerprint = fingerprints.remove("train.dpo").unwrap();
+    fingerprints.insert("train.dpo.started".to_owned(), dpo_fingerprint);
+    fs::write(&stages_path, serde_json::to_string(&stages).unwrap()).unwrap();
+    let adapter_before = fs::read(run.join("train/dpo/adapter_model.safetensors")).unwrap();
+    let resumed = run_ok(&["run", toml]);
+    assert!(resumed.contains("train.dpo: resuming"), "{resumed}");
+    assert!(resumed.contains("(resumed at step 1)"), "{resumed}");
+    assert_eq!(
+        fs::read(run.join("train/dpo/adapter_model.safetensors")).unwrap(),
+        adapter_before
+    );
+    assert!(resumed.contains("eval: up to date"), "{resumed}");
+
+    // A changed DPO config retrains DPO from the start (not from the stale checkpoint) and
+    // leaves SFT alone.
+    fs::write(
+        &pipeline,
+        fs::read_to_string(&pipeline)
+            .unwrap()
+            .replacen("beta = 0.1", "beta = 0.2", 1),
+    )
+    .unwrap();
+    let changed = run_ok(&["run", toml, "--stages", "train"]);
+    assert!(changed.contains("train.sft: up to date"), "{changed}");
+    assert!(!changed.contains("train.dpo: up to date"), "{changed}");
+    assert!(!changed.contains("resum"), "{changed}");
+    assert!(!changed.contains("eval:"), "{changed}");
+    let dpo_summary = read_json(&run.join("train/dpo/train_summary.json"));
+    assert_eq!(dpo_summary["config"]["beta"], 0.2);
+    assert_eq!(dpo_summary["resumed_from_step"], serde_json::Value::Null);
+}

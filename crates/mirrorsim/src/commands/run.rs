@@ -1,10 +1,11 @@
 //! `mirrorsim run PIPELINE.toml`: scenes → rationales (strong, weak) → predictor scores →
-//! distillation into one run directory. Each stage stores a fingerprint (sha256 of its config
+//! distillation → LoRA training (SFT, DPO) → evaluation with a report, into one run directory. Each stage stores a fingerprint (sha256 of its config
 //! and of its input files) in `stages.json` and is skipped while it matches and its outputs
 //! exist; every LLM call goes through the run journal, so even a rerun stage repeats no request.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -18,9 +19,25 @@ use mirrorsim_distill::{
     distill, generate_rationales, score_rationales, write_distill, DistillConfig, GenerateConfig,
     Journal, JournaledBackend, RationaleRecord, Role, ScoreConfig, ScoreRecord,
 };
+use mirrorsim_eval::agent4rec::{select_cases, RATIOS};
+use mirrorsim_eval::evaluate::{
+    baseline_metrics, baseline_predictions, resolve_cutoff, simulator_predictor_metrics,
+    write_outputs,
+};
+use mirrorsim_eval::report::{read_loss_curves, render_report, ReportRun};
+use mirrorsim_eval::simulate::score_simulator;
+use mirrorsim_eval::{
+    BaselineConfig, BaselineKind, FittedBaselines, MetricsFile, Mode, PredictionLine,
+    SimulatorConfig,
+};
 use mirrorsim_llm::engine::{EngineOptions, LocalEngine};
 use mirrorsim_llm::http::{HttpBackend, HttpConfig};
+use mirrorsim_llm::model::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE};
+use mirrorsim_llm::model::LoraConfig;
 use mirrorsim_llm::Backend;
+use mirrorsim_train::optim::AdamWConfig;
+use mirrorsim_train::runs::{run_dpo, run_sft, RunPaths};
+use mirrorsim_train::session::TrainConfig;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -33,10 +50,10 @@ pub struct RunArgs {
     /// Run only this shard of the LLM stages (scenes partitioned by a hash of their id), e.g. 0/4.
     #[arg(long, conflicts_with = "merge_shards")]
     shard: Option<Shard>,
-    /// Merge the outputs of shards 0..N into the unsharded files, then distill.
+    /// Merge the shard outputs 0..N into the unsharded files, then distill, train and evaluate.
     #[arg(long, value_name = "N")]
     merge_shards: Option<usize>,
-    /// Stages to run (default: all), comma-separated: scenes,rationales,score,distill.
+    /// Stages to run (default: all), comma-separated: scenes,rationales,score,distill,train,eval.
     #[arg(long, value_delimiter = ',')]
     stages: Option<Vec<StageName>>,
 }
@@ -47,6 +64,8 @@ enum StageName {
     Rationales,
     Score,
     Distill,
+    Train,
+    Eval,
 }
 
 /// The pipeline file. Relative paths are relative to the file's folder.
@@ -62,6 +81,165 @@ struct Pipeline {
     score: ScoreSection,
     #[serde(default)]
     distill: DistillConfig,
+    /// `[train.sft]` / `[train.dpo]`: each stage runs only when its section is present.
+    train: Option<TrainSection>,
+    /// `[eval]`: runs only when present.
+    eval: Option<EvalSection>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrainSection {
+    /// The local [models.*] entry fine-tuned (default: the score stage's predictor).
+    model: Option<String>,
+    sft: Option<TrainStageSection>,
+    dpo: Option<TrainStageSection>,
+}
+
+/// Which distilled file SFT trains on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SftData {
+    /// `distill/sft.jsonl`: rationale then behaviour.
+    Sft,
+    /// `distill/direct.jsonl`: the behaviour only.
+    Direct,
+}
+
+/// The knobs of one training stage; absent ones keep `TrainConfig`'s defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrainStageSection {
+    /// SFT only: `sft` (default) or `direct`. DPO always trains on `distill/dpo.jsonl`.
+    data: Option<SftData>,
+    epochs: Option<usize>,
+    max_steps: Option<usize>,
+    lr: Option<f64>,
+    weight_decay: Option<f64>,
+    rank: Option<usize>,
+    alpha: Option<f64>,
+    lora_dropout: Option<f32>,
+    target_modules: Option<Vec<String>>,
+    micro_batch: Option<usize>,
+    grad_accum: Option<usize>,
+    warmup_ratio: Option<f64>,
+    max_grad_norm: Option<f64>,
+    max_len: Option<usize>,
+    eval_fraction: Option<f64>,
+    eval_every: Option<usize>,
+    save_every: Option<usize>,
+    keep_checkpoints: Option<usize>,
+    seed: Option<u64>,
+    /// DPO only.
+    beta: Option<f64>,
+}
+
+impl TrainStageSection {
+    fn config(&self) -> TrainConfig {
+        let d = TrainConfig::default();
+        TrainConfig {
+            lora: LoraConfig {
+                rank: self.rank.unwrap_or(d.lora.rank),
+                alpha: self.alpha.unwrap_or(d.lora.alpha),
+                dropout: self.lora_dropout.unwrap_or(d.lora.dropout),
+                target_modules: self
+                    .target_modules
+                    .clone()
+                    .unwrap_or_else(|| d.lora.target_modules.clone()),
+            },
+            optimizer: AdamWConfig {
+                learning_rate: self.lr.unwrap_or(d.optimizer.learning_rate),
+                weight_decay: self.weight_decay.unwrap_or(d.optimizer.weight_decay),
+                ..d.optimizer.clone()
+            },
+            epochs: self.epochs.unwrap_or(d.epochs),
+            max_steps: self.max_steps.or(d.max_steps),
+            micro_batch: self.micro_batch.unwrap_or(d.micro_batch),
+            grad_accum: self.grad_accum.unwrap_or(d.grad_accum),
+            warmup_ratio: self.warmup_ratio.unwrap_or(d.warmup_ratio),
+            max_grad_norm: self.max_grad_norm.unwrap_or(d.max_grad_norm),
+            max_len: self.max_len.unwrap_or(d.max_len),
+            eval_fraction: self.eval_fraction.unwrap_or(d.eval_fraction),
+            eval_every: self.eval_every.unwrap_or(d.eval_every),
+            save_every: self.save_every.unwrap_or(d.save_every),
+            keep_checkpoints: self.keep_checkpoints.unwrap_or(d.keep_checkpoints),
+            seed: self.seed.unwrap_or(d.seed),
+            beta: self.beta.unwrap_or(d.beta),
+        }
+    }
+}
+
+/// A simulator the eval stage scores: the base model or it plus a trained adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SimulatorName {
+    Base,
+    Sft,
+    Dpo,
+}
+
+impl SimulatorName {
+    fn label(self) -> &'static str {
+        match self {
+            SimulatorName::Base => "base",
+            SimulatorName::Sft => "sft",
+            SimulatorName::Dpo => "dpo",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvalSection {
+    /// The local [models.*] entry evaluated (default: `[train] model`, else the predictor).
+    model: Option<String>,
+    /// Default: the base model and every adapter a `[train.*]` section trains.
+    simulators: Option<Vec<SimulatorName>>,
+    #[serde(default = "default_eval_mode")]
+    mode: Mode,
+    #[serde(default = "default_eval_repeats")]
+    repeats: usize,
+    /// Only the first this many eval scenes.
+    max_scenes: Option<usize>,
+    /// Among random, popularity, knn, ease; `[]` for none.
+    #[serde(default = "default_baselines")]
+    baselines: Vec<String>,
+    #[serde(default)]
+    baseline: BaselineConfig,
+    /// Re-score every scene under the cyclic rotations of its options.
+    #[serde(default = "default_true")]
+    rotations: bool,
+    /// Ask the Agent4Rec yes/no questions.
+    #[serde(default = "default_true")]
+    agent4rec: bool,
+    #[serde(default = "default_rationale_temperature")]
+    rationale_temperature: f32,
+    #[serde(default = "default_rationale_tokens")]
+    rationale_tokens: usize,
+    #[serde(default)]
+    seed: u64,
+}
+
+fn default_eval_mode() -> Mode {
+    SimulatorConfig::default().mode
+}
+fn default_eval_repeats() -> usize {
+    SimulatorConfig::default().repeats
+}
+fn default_baselines() -> Vec<String> {
+    BaselineKind::ALL
+        .iter()
+        .map(|k| k.name().to_owned())
+        .collect()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_rationale_temperature() -> f32 {
+    SimulatorConfig::default().rationale_temperature
+}
+fn default_rationale_tokens() -> usize {
+    SimulatorConfig::default().rationale_tokens
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -208,6 +386,7 @@ impl Pipeline {
                 );
             }
         }
+        self.check_train_and_eval(file)?;
         for (name, entry) in &self.models {
             if entry.endpoint.is_some() && entry.path.is_some() {
                 bail!(
@@ -223,6 +402,98 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    fn check_train_and_eval(&self, file: &Path) -> anyhow::Result<()> {
+        let file = file.display();
+        let local = |field: &str, name: &str| -> anyhow::Result<()> {
+            match self.models.get(name) {
+                None => bail!(
+                    "{file}: {field} = {name:?} names no [models.{name}] entry (entries: {})",
+                    self.models.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+                Some(entry) if entry.endpoint.is_some() => bail!(
+                    "{file}: {field} = {name:?} is an HTTP model; training and evaluation need \
+                     a local one (a path)"
+                ),
+                Some(_) => Ok(()),
+            }
+        };
+        if let Some(train) = &self.train {
+            local("[train] model", self.train_model())?;
+            if train.sft.as_ref().is_some_and(|s| s.beta.is_some()) {
+                bail!("{file}: [train.sft] beta: β is a DPO setting; put it in [train.dpo]");
+            }
+            if train.dpo.as_ref().is_some_and(|s| s.data.is_some()) {
+                bail!("{file}: [train.dpo] data: DPO always trains on distill/dpo.jsonl");
+            }
+            for (section, stage) in [("[train.sft]", &train.sft), ("[train.dpo]", &train.dpo)] {
+                if let Some(stage) = stage {
+                    stage
+                        .config()
+                        .validate()
+                        .map_err(|e| anyhow::anyhow!("{file}: {section}: {e}"))?;
+                }
+            }
+        }
+        if let Some(eval) = &self.eval {
+            local("[eval] model", self.eval_model())?;
+            BaselineKind::parse_list(&eval.baselines.join(","))
+                .map_err(|e| anyhow::anyhow!("{file}: [eval] baselines: {e}"))?;
+            if eval.repeats == 0 {
+                bail!("{file}: [eval] repeats must be at least 1");
+            }
+            for name in eval.simulators.iter().flatten() {
+                if *name != SimulatorName::Base && !self.trains(*name) {
+                    bail!(
+                        "{file}: [eval] simulators names {:?} but there is no [train.{}] section",
+                        name.label(),
+                        name.label()
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn train_model(&self) -> &str {
+        self.train
+            .as_ref()
+            .and_then(|t| t.model.as_deref())
+            .unwrap_or(&self.score.predictor_model)
+    }
+
+    fn eval_model(&self) -> &str {
+        self.eval
+            .as_ref()
+            .and_then(|e| e.model.as_deref())
+            .unwrap_or_else(|| self.train_model())
+    }
+
+    fn trains(&self, stage: SimulatorName) -> bool {
+        let Some(train) = &self.train else {
+            return false;
+        };
+        match stage {
+            SimulatorName::Base => false,
+            SimulatorName::Sft => train.sft.is_some(),
+            SimulatorName::Dpo => train.dpo.is_some(),
+        }
+    }
+
+    /// The simulators the eval stage scores, in report order.
+    fn eval_simulators(&self) -> Vec<SimulatorName> {
+        match self.eval.as_ref().and_then(|e| e.simulators.clone()) {
+            Some(list) => list,
+            None => [SimulatorName::Base, SimulatorName::Sft, SimulatorName::Dpo]
+                .into_iter()
+                .filter(|&s| s == SimulatorName::Base || self.trains(s))
+                .collect(),
+        }
+    }
+
+    fn train_dir(&self, stage: SimulatorName) -> PathBuf {
+        self.run_dir.join("train").join(stage.label())
     }
 
     fn scenes_file(&self) -> PathBuf {
@@ -378,6 +649,17 @@ fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
 impl<'a> Runner<'a> {
     fn wants(&self, stage: StageName) -> bool {
         self.selected.as_ref().is_none_or(|s| s.contains(&stage))
+    }
+
+    fn train_and_eval(&mut self) -> anyhow::Result<()> {
+        if self.wants(StageName::Train) {
+            self.train_stage(SimulatorName::Sft)?;
+            self.train_stage(SimulatorName::Dpo)?;
+        }
+        if self.wants(StageName::Eval) {
+            self.eval_stage()?;
+        }
+        Ok(())
     }
 
     fn fingerprint<C: Serialize>(&self, config: &C, inputs: &[PathBuf]) -> anyhow::Result<String> {
@@ -668,6 +950,347 @@ impl<'a> Runner<'a> {
 }
 
 impl Runner<'_> {
+    /// LoRA training of `stage` (SFT or DPO) into `RUN/train/<stage>`. A stage killed midway
+    /// goes on from its latest checkpoint when its fingerprint is unchanged; with a changed one
+    /// its folder is cleared and it trains from the start.
+    fn train_stage(&mut self, stage: SimulatorName) -> anyhow::Result<()> {
+        let p = self.pipeline;
+        let Some(train) = &p.train else {
+            return Ok(());
+        };
+        let (section, is_dpo) = match stage {
+            SimulatorName::Base => return Ok(()),
+            SimulatorName::Sft => (train.sft.as_ref(), false),
+            SimulatorName::Dpo => (train.dpo.as_ref(), true),
+        };
+        let Some(section) = section else {
+            return Ok(());
+        };
+        let key = format!("train.{}", stage.label());
+        let out = p.train_dir(stage);
+        let distill = DistillPaths::in_dir(&p.run_dir.join("distill"));
+        let data = match (is_dpo, section.data.unwrap_or(SftData::Sft)) {
+            (true, _) => distill.dpo,
+            (false, SftData::Sft) => distill.sft,
+            (false, SftData::Direct) => distill.direct,
+        };
+        let start_adapter =
+            (is_dpo && train.sft.is_some()).then(|| p.train_dir(SimulatorName::Sft));
+        let config = section.config();
+        let model_name = p.train_model();
+        let identity = self.model_fingerprint(model_name)?;
+        let ModelIdentity::Local(model_path) = identity.clone() else {
+            bail!("[train] model = {model_name:?} is not a local model");
+        };
+        let mut inputs = vec![data.clone()];
+        if let Some(dir) = &start_adapter {
+            inputs.push(dir.join(ADAPTER_CONFIG_FILE));
+            inputs.push(dir.join(ADAPTER_WEIGHTS_FILE));
+        }
+        let fingerprint =
+            self.fingerprint(&(&config, &identity, &data, &start_adapter), &inputs)?;
+        let outputs = [
+            out.join(ADAPTER_CONFIG_FILE),
+            out.join(ADAPTER_WEIGHTS_FILE),
+            out.join("train_summary.json"),
+            out.join("loss.jsonl"),
+        ];
+        if self.up_to_date(&key, &fingerprint, &outputs) {
+            println!("{key}: up to date");
+            return Ok(());
+        }
+        let started_key = format!("{key}.started");
+        let resume = self.record.fingerprints.get(&started_key) == Some(&fingerprint)
+            && out.join("checkpoints").is_dir();
+        if !resume && out.exists() {
+            std::fs::remove_dir_all(&out)
+                .with_context(|| format!("clearing the stale training folder {}", out.display()))?;
+        }
+        self.record.fingerprints.remove(&key);
+        self.mark_done(&started_key, fingerprint.clone())?;
+        if resume {
+            println!("{key}: resuming from the checkpoints in {}", out.display());
+        }
+        let paths = RunPaths {
+            model: model_path,
+            data: data.clone(),
+            eval_data: None,
+            out: out.clone(),
+            cuda_device: None,
+        };
+        let summary = if is_dpo {
+            run_dpo(&paths, start_adapter.as_deref(), &config, resume, true)
+        } else {
+            run_sft(&paths, &config, resume, true)
+        }
+        .with_context(|| format!("{key}: training on {}", data.display()))?;
+        let loss = match (summary.first_loss, summary.last_loss) {
+            (Some(first), Some(last)) => format!("loss {first:.4} → {last:.4}"),
+            _ => "no step run".to_owned(),
+        };
+        println!(
+            "{key}: {} steps on {} examples ({} held out), {loss}, {:.1} s{} → {}",
+            summary.steps,
+            summary.train_examples,
+            summary.eval_examples,
+            summary.wall_seconds,
+            summary
+                .resumed_from_step
+                .map(|s| format!(" (resumed at step {s})"))
+                .unwrap_or_default(),
+            out.display()
+        );
+        self.record.fingerprints.remove(&started_key);
+        self.mark_done(&key, fingerprint)
+    }
+
+    /// Scores the base model and the trained adapters on the eval scenes beside the classical
+    /// baselines; writes `RUN/eval/{metrics.json, predictions.jsonl, report.html}`.
+    fn eval_stage(&mut self) -> anyhow::Result<()> {
+        let p = self.pipeline;
+        let Some(section) = &p.eval else {
+            return Ok(());
+        };
+        let dir = p.run_dir.join("eval");
+        let scenes_dir = p.run_dir.join("scenes");
+        let scenes_path = scenes_dir.join("scenes.eval.jsonl");
+        let simulators = p.eval_simulators();
+        let kinds = BaselineKind::parse_list(&section.baselines.join(","))?;
+        let model_name = p.eval_model().to_owned();
+        let identity = self.model_fingerprint(&model_name)?;
+        let spec: SourceSpec = p.source.spec.parse()?;
+        let mut inputs = vec![scenes_path.clone(), scenes_dir.join("scenes.summary.json")];
+        for &simulator in &simulators {
+            if simulator != SimulatorName::Base {
+                let adapter = p.train_dir(simulator);
+                if !adapter.join(ADAPTER_WEIGHTS_FILE).is_file() {
+                    bail!(
+                        "eval: the {} simulator needs the adapter in {} (run the train stage \
+                         first)",
+                        simulator.label(),
+                        adapter.display()
+                    );
+                }
+                inputs.push(adapter.join(ADAPTER_CONFIG_FILE));
+                inputs.push(adapter.join(ADAPTER_WEIGHTS_FILE));
+                inputs.push(adapter.join("loss.jsonl"));
+            }
+        }
+        if !kinds.is_empty() {
+            inputs.push(spec.path.clone());
+        }
+        let fingerprint =
+            self.fingerprint(&(section, &identity, &simulators, &p.source), &inputs)?;
+        let outputs = [
+            dir.join("metrics.json"),
+            dir.join("predictions.jsonl"),
+            dir.join("report.html"),
+        ];
+        if self.up_to_date("eval", &fingerprint, &outputs) {
+            println!("eval: up to date");
+            return Ok(());
+        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut scenes = mirrorsim_data::scenes::read_jsonl(&scenes_path)
+            .with_context(|| format!("reading eval scenes {}", scenes_path.display()))?;
+        if let Some(max) = section.max_scenes {
+            scenes.truncate(max);
+        }
+        if scenes.is_empty() {
+            bail!("{} holds no eval scenes", scenes_path.display());
+        }
+        let cases = select_cases(&scenes);
+        let config = SimulatorConfig {
+            mode: section.mode,
+            repeats: section.repeats,
+            seed: section.seed,
+            rotations: section.rotations,
+            agent4rec: section.agent4rec,
+            rationale_temperature: section.rationale_temperature,
+            rationale_tokens: section.rationale_tokens,
+            ..SimulatorConfig::default()
+        };
+        let entry = p
+            .models
+            .get(&model_name)
+            .with_context(|| format!("no [models.{model_name}] entry"))?;
+        let ModelIdentity::Local(model_path) = &identity else {
+            bail!("[eval] model = {model_name:?} is not a local model");
+        };
+        let mut timings = BTreeMap::new();
+        let mut notes = Vec::new();
+        let mut predictors = Vec::new();
+        let mut lines = Vec::new();
+        let mut model_ids = Vec::new();
+        let (mut hits, mut misses) = (0, 0);
+        self.journal()?;
+        for &simulator in &simulators {
+            let name = format!("{} ({})", simulator.label(), section.mode.name());
+            let started = Instant::now();
+            let adapter_engine;
+            let backend: &dyn Backend = match simulator {
+                SimulatorName::Base => self.models.get(&model_name, entry)?,
+                SimulatorName::Sft | SimulatorName::Dpo => {
+                    let adapter = p.train_dir(simulator);
+                    eprintln!(
+                        "loading model {model_name} with the adapter {}",
+                        adapter.display()
+                    );
+                    let options = EngineOptions {
+                        adapter: Some(adapter.clone()),
+                        ..EngineOptions::default()
+                    };
+                    adapter_engine = LocalEngine::load(model_path, options).with_context(|| {
+                        format!(
+                            "loading {} with the adapter {}",
+                            model_path.display(),
+                            adapter.display()
+                        )
+                    })?;
+                    &adapter_engine
+                }
+            };
+            timings.insert(
+                format!("{name} model_load"),
+                started.elapsed().as_secs_f64(),
+            );
+            let journal = self.journal.as_ref().context("the journal went missing")?;
+            let journaled = JournaledBackend::new(backend, journal);
+            let output = score_simulator(&scenes, &journaled, &config, &cases)
+                .with_context(|| format!("eval: scoring the {name} simulator"))?;
+            timings.insert(format!("{name} scoring"), output.wall_s);
+            let counts = journaled.counts();
+            hits += counts.hits;
+            misses += counts.misses;
+            if output.scenes_with_missing_labels > 0 {
+                notes.push(format!(
+                    "{name}: in {} scenes the backend could not report the probability of some \
+                     option labels (their mass counts as 0)",
+                    output.scenes_with_missing_labels
+                ));
+            }
+            let model_id = backend.model_id();
+            notes.push(format!("{name} is the model {model_id}"));
+            model_ids.push(model_id);
+            predictors.push(simulator_predictor_metrics(
+                &name, &scenes, &output, &cases,
+            )?);
+            lines.extend(
+                output
+                    .predictions
+                    .into_iter()
+                    .map(|prediction| PredictionLine {
+                        predictor: name.clone(),
+                        prediction,
+                    }),
+            );
+        }
+
+        let (cutoff, cutoff_source) = resolve_cutoff(&scenes_path, &scenes, None)?;
+        let mut interactions_before_cutoff = None;
+        if !kinds.is_empty() {
+            let started = Instant::now();
+            let options = ReadOptions {
+                skip_bad_rows: p.source.skip_bad_rows,
+            };
+            let (catalog, _) =
+                read_source(&spec, &options).with_context(|| format!("reading {spec}"))?;
+            timings.insert("catalog_read".to_owned(), started.elapsed().as_secs_f64());
+            let started = Instant::now();
+            let fitted = FittedBaselines::fit(
+                &catalog,
+                cutoff,
+                &section.baseline,
+                kinds.contains(&BaselineKind::Ease),
+            )?;
+            timings.insert("baselines_fit".to_owned(), started.elapsed().as_secs_f64());
+            interactions_before_cutoff = Some(fitted.interactions_before_cutoff);
+            notes.push(format!(
+                "baseline distributions are softmax(score / {}) with an untuned temperature: \
+                 their NLL, Brier and ECE depend on it, their accuracy does not",
+                section.baseline.temperature
+            ));
+            let started = Instant::now();
+            for &kind in &kinds {
+                let predictions =
+                    baseline_predictions(&fitted, kind, &scenes, section.repeats, section.seed)?;
+                predictors.push(baseline_metrics(kind, &scenes, &predictions, &cases)?);
+                lines.extend(predictions.into_iter().map(|prediction| PredictionLine {
+                    predictor: kind.name().to_owned(),
+                    prediction,
+                }));
+            }
+            timings.insert(
+                "baselines_score".to_owned(),
+                started.elapsed().as_secs_f64(),
+            );
+        }
+        let max_options = scenes.iter().map(|s| s.options.len()).max().unwrap_or(0);
+        let left_out: Vec<String> = RATIOS
+            .iter()
+            .filter(|&&m| m + 1 > max_options)
+            .map(|m| format!("1:{m}"))
+            .collect();
+        if section.agent4rec && !left_out.is_empty() {
+            notes.push(format!(
+                "Agent4Rec ratios {} left out: the scenes have at most {max_options} options",
+                left_out.join(", ")
+            ));
+        }
+        notes.push(
+            "rating MAE/RMSE is not computed: the scenes hold no rating of the decision".to_owned(),
+        );
+        let metrics = MetricsFile {
+            scenes_file: scenes_path.display().to_string(),
+            scenes: scenes.len(),
+            model: (!model_ids.is_empty()).then(|| model_ids.join(", ")),
+            mode: (!simulators.is_empty()).then(|| section.mode.name().to_owned()),
+            repeats: section.repeats,
+            seed: section.seed,
+            cutoff_timestamp: cutoff,
+            cutoff_source,
+            interactions_before_cutoff,
+            baseline_config: (!kinds.is_empty()).then(|| section.baseline.clone()),
+            predictors,
+            notes,
+            timings,
+            llm_requests_from_journal: Some(hits),
+            llm_requests_sent: Some(misses),
+        };
+        let written = write_outputs(&dir, &metrics, &lines)?;
+        let report_path = dir.join("report.html");
+        let run = ReportRun {
+            label: p.run_dir.file_name().map_or_else(
+                || p.run_dir.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            ),
+            metrics: metrics.clone(),
+            loss_curves: read_loss_curves(&p.run_dir)?,
+        };
+        let html = render_report("mirrorsim run", &[run]);
+        mirrorsim_data::io::write_atomic(&report_path, |w| w.write_all(html.as_bytes()))
+            .with_context(|| format!("writing {}", report_path.display()))?;
+        println!(
+            "eval: {} scenes ({hits} LLM requests from the journal, {misses} sent) → {}",
+            metrics.scenes,
+            dir.display()
+        );
+        for predictor in &metrics.predictors {
+            let m = &predictor.metrics;
+            println!(
+                "  {:<24} accuracy {:.4} [{:.4}, {:.4}]  NLL {:.4} bits  ECE {:.4}",
+                predictor.name, m.accuracy, m.ci_low, m.ci_high, m.nll_bits, m.ece
+            );
+        }
+        println!(
+            "  wrote {}, {} and {}",
+            written.metrics.display(),
+            written.predictions.display(),
+            report_path.display()
+        );
+        self.mark_done("eval", fingerprint)
+    }
+
     /// The shards built the scenes (each the same, from the same config); when all of them
     /// recorded the same scenes fingerprint, the merged run takes it over.
     fn adopt_shard_scenes_fingerprint(&mut self, count: usize) -> anyhow::Result<()> {
@@ -771,7 +1394,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 
     if let Some(count) = args.merge_shards {
         runner.merge(count)?;
-        return runner.distill_stage();
+        runner.distill_stage()?;
+        runner.train_and_eval()?;
+        println!("run directory {}", pipeline.run_dir.display());
+        return Ok(());
     }
     if runner.wants(StageName::Scenes) {
         runner.scenes_stage()?;
@@ -792,6 +1418,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         } else {
             runner.distill_stage()?;
         }
+    }
+    if args.shard.is_none() {
+        runner.train_and_eval()?;
+    } else if pipeline.train.is_some() || pipeline.eval.is_some() {
+        println!("train, eval: wait for the merge");
     }
     println!("run directory {}", pipeline.run_dir.display());
     Ok(())
@@ -840,5 +1471,103 @@ mod tests {
             .unwrap()
             .ends_with("models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"));
         assert_eq!(ml1m.rationales.weak_model, ml1m.score.predictor_model);
+
+        for pipeline in [&demo, &ml1m] {
+            let train = pipeline.train.as_ref().unwrap();
+            assert_eq!(train.sft.as_ref().unwrap().data, Some(SftData::Sft));
+            assert_eq!(
+                pipeline.eval_simulators(),
+                [SimulatorName::Base, SimulatorName::Sft, SimulatorName::Dpo]
+            );
+            assert_eq!(pipeline.eval_model(), "smollm2");
+            assert_eq!(
+                pipeline.train_dir(SimulatorName::Dpo),
+                pipeline.run_dir.join("train/dpo")
+            );
+        }
+        assert_eq!(
+            demo.train
+                .as_ref()
+                .unwrap()
+                .sft
+                .as_ref()
+                .unwrap()
+                .config()
+                .max_steps,
+            Some(4)
+        );
+        let ml1m_dpo = ml1m.train.as_ref().unwrap().dpo.as_ref().unwrap().config();
+        assert_eq!(
+            (ml1m_dpo.beta, ml1m_dpo.optimizer.learning_rate),
+            (0.1, 2e-5)
+        );
+        assert_eq!(ml1m_dpo.lora, LoraConfig::default());
+        assert!(ml1m.eval.as_ref().unwrap().max_scenes.unwrap() >= 500);
+    }
+
+    /// The demo pipeline with `edit` applied to its text, loaded from a temporary folder.
+    fn load_edited_demo(edit: impl Fn(String) -> String) -> anyhow::Result<Pipeline> {
+        let text = std::fs::read_to_string(shipped_config("demo.toml")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edited.toml");
+        std::fs::write(&path, edit(text)).unwrap();
+        Pipeline::load(&path)
+    }
+
+    #[test]
+    fn train_and_eval_sections_are_optional_and_checked() {
+        let without =
+            load_edited_demo(|text| text[..text.find("[train]").unwrap()].to_owned()).unwrap();
+        assert!(without.train.is_none() && without.eval.is_none());
+
+        let only_sft = load_edited_demo(|text| {
+            let start = text.find("# Starts from the SFT").unwrap();
+            let end = text.find("# The base model").unwrap();
+            format!("{}{}", &text[..start], &text[end..])
+        })
+        .unwrap();
+        assert_eq!(
+            only_sft.eval_simulators(),
+            [SimulatorName::Base, SimulatorName::Sft]
+        );
+
+        let cases: [(&str, &str, &str); 4] = [
+            (
+                "data = \"sft\"",
+                "data = \"sft\"\nbeta = 0.2",
+                "[train.sft] beta",
+            ),
+            ("lr = 2e-5", "lr = 2e-5\ndata = \"sft\"", "[train.dpo] data"),
+            (
+                "max_steps = 4",
+                "max_steps = 4\ngrad_accum = 0",
+                "grad_accum",
+            ),
+            (
+                "baselines = [\"random\", \"popularity\", \"knn\", \"ease\"]",
+                "baselines = [\"ease\", \"mf\"]",
+                "unknown baseline `mf`",
+            ),
+        ];
+        for (from, to, expected) in cases {
+            let error = load_edited_demo(|text| text.replacen(from, to, 1)).unwrap_err();
+            let message = format!("{error:#}");
+            assert!(message.contains(expected), "{message}");
+            assert!(message.contains("edited.toml"), "{message}");
+        }
+        let error = load_edited_demo(|text| {
+            let start = text.find("# Starts from the SFT").unwrap();
+            let end = text.find("# The base model").unwrap();
+            format!("{}{}", &text[..start], &text[end..]).replacen(
+                "[eval]\n",
+                "[eval]\nsimulators = [\"base\", \"dpo\"]\n",
+                1,
+            )
+        })
+        .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("no [train.dpo] section"),
+            "{error:#}"
+        );
     }
 }
