@@ -5,6 +5,7 @@
 //!   reliability table, breakdowns, position bias from option rotations, Agent4Rec yes/no.
 //! - [`baselines`]: random, popularity, item-kNN and EASE, each a distribution over options.
 //! - [`simulate`]: scoring a simulator through any `Backend` (direct or rationale mode).
+//! - [`hybrid`]: the LLM's distribution times a collaborative prior, fitted on validation.
 //! - [`evaluate`]: `metrics.json` and `predictions.jsonl`.
 //! - [`report`]: a self-contained HTML page with inline SVG plots.
 
@@ -12,6 +13,7 @@ pub mod agent4rec;
 pub mod baselines;
 pub mod error;
 pub mod evaluate;
+pub mod hybrid;
 pub mod linalg;
 pub mod metrics;
 pub mod report;

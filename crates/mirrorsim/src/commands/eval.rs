@@ -13,9 +13,15 @@ use mirrorsim_distill::{Journal, JournaledBackend};
 use mirrorsim_eval::agent4rec::{select_cases, RATIOS};
 use mirrorsim_eval::evaluate::{
     baseline_metrics, baseline_predictions, resolve_cutoff, simulator_predictor_metrics,
-    write_outputs,
+    write_outputs, PredictorKind, PredictorMetrics,
 };
+use mirrorsim_eval::hybrid::{
+    fit_hybrid, hybrid_predictions, read_hybrid_file, validation_cases, validation_split,
+    write_hybrid_file, FitBounds, HybridFile, ValidationSplit,
+};
+use mirrorsim_eval::metrics::choice_metrics;
 use mirrorsim_eval::report::{read_loss_curves, render_report, ReportRun};
+use mirrorsim_eval::simulate::draw_samples;
 use mirrorsim_eval::simulate::score_simulator;
 use mirrorsim_eval::{
     BaselineConfig, BaselineKind, FittedBaselines, MetricsFile, Mode, PredictionLine,
@@ -89,6 +95,31 @@ pub struct EvalArgs {
     /// Print metrics.json to stdout.
     #[arg(long)]
     json: bool,
+    /// Also evaluate the hybrid simulator `p_llm^a · p_prior^b` with this collaborative prior
+    /// (knn, ease or popularity). Its weights come from --validation-scenes, else from
+    /// OUT/hybrid.json, which is also used without this flag when present.
+    #[arg(long, value_name = "KIND")]
+    prior: Option<String>,
+    /// Train scenes (JSONL) to fit the hybrid on: those decided in the last
+    /// --validation-fraction of the pre-cutoff period (never eval scenes). The fit is written
+    /// to OUT/hybrid.json.
+    #[arg(long, value_name = "FILE")]
+    validation_scenes: Option<PathBuf>,
+    /// Share of the pre-cutoff period, counted back from the cutoff, that validation scenes
+    /// are taken from.
+    #[arg(long, default_value_t = 0.1)]
+    validation_fraction: f64,
+    /// Use at most this many validation scenes (the first in the file).
+    #[arg(long, default_value_t = 200)]
+    max_validation_scenes: usize,
+}
+
+/// The collaborative prior of `--prior`.
+fn parse_prior(name: &str) -> anyhow::Result<BaselineKind> {
+    match BaselineKind::parse_list(name)?.as_slice() {
+        [kind @ (BaselineKind::Knn | BaselineKind::Ease | BaselineKind::Popularity)] => Ok(*kind),
+        _ => bail!("--prior takes one of knn, ease, popularity; got `{name}`"),
+    }
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
@@ -109,6 +140,89 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let mut lines = Vec::new();
     let (mut model_id, mut mode_name) = (None, None);
     let (mut journal_hits, mut journal_misses) = (None, None);
+
+    let hybrid_path = args.out.join("hybrid.json");
+    let requested_prior = args.prior.as_deref().map(parse_prior).transpose()?;
+    let loaded_hybrid =
+        if args.validation_scenes.is_none() && args.model != "none" && hybrid_path.is_file() {
+            Some(read_hybrid_file(&hybrid_path)?)
+        } else {
+            None
+        };
+    if let (Some(prior), Some(file)) = (requested_prior, &loaded_hybrid) {
+        if file.prior != prior {
+            bail!(
+                "{} was fitted with the prior {}, not {prior}; pass --validation-scenes to refit",
+                hybrid_path.display(),
+                file.prior
+            );
+        }
+    }
+    let hybrid_prior = requested_prior.or(loaded_hybrid.as_ref().map(|f| f.prior));
+    if requested_prior.is_some() && loaded_hybrid.is_none() && args.validation_scenes.is_none() {
+        bail!(
+            "--prior needs --validation-scenes FILE to fit the hybrid (or a fitted {})",
+            hybrid_path.display()
+        );
+    }
+    if args.validation_scenes.is_some() && requested_prior.is_none() {
+        bail!("--validation-scenes fits the hybrid: pass --prior knn|ease|popularity too");
+    }
+    if hybrid_prior.is_some() && args.model == "none" {
+        bail!("the hybrid simulator needs a --model");
+    }
+    let (cutoff, cutoff_source) = resolve_cutoff(&args.scenes, &scenes, args.cutoff)?;
+    let catalog = if !kinds.is_empty() || hybrid_prior.is_some() {
+        let spec: SourceSpec = args
+            .catalog
+            .as_deref()
+            .context(
+                "baselines and the hybrid's prior need the dataset: pass --catalog FORMAT:PATH \
+                 (or --baselines none)",
+            )?
+            .parse()?;
+        let started = Instant::now();
+        let (catalog, _) = read_source(&spec, &ReadOptions::default())
+            .with_context(|| format!("reading {spec}"))?;
+        timings.insert("catalog_read".to_owned(), started.elapsed().as_secs_f64());
+        Some(catalog)
+    } else {
+        None
+    };
+    let validation: Option<(PathBuf, ValidationSplit)> = match (&args.validation_scenes, &catalog) {
+        (Some(path), Some(catalog)) => {
+            let train = read_jsonl(path)
+                .with_context(|| format!("reading validation scenes {}", path.display()))?;
+            let eval_cutoff =
+                cutoff.context("fitting the hybrid needs a cutoff (pass --cutoff)")?;
+            let period_start = catalog
+                .interactions
+                .first()
+                .map(|i| i.timestamp)
+                .context("the catalog holds no interactions")?;
+            let mut split =
+                validation_split(&train, period_start, eval_cutoff, args.validation_fraction)
+                    .with_context(|| format!("validation scenes {}", path.display()))?;
+            split.scenes.truncate(args.max_validation_scenes);
+            if split.scenes.is_empty() {
+                bail!(
+                    "{}: no scene is decided in the last {} of the pre-cutoff period",
+                    path.display(),
+                    args.validation_fraction
+                );
+            }
+            eprintln!(
+                "hybrid: {} validation scenes decided in [{}, {eval_cutoff})",
+                split.scenes.len(),
+                split.boundary
+            );
+            Some((path.clone(), split))
+        }
+        _ => None,
+    };
+    let mut llm_distributions: Vec<Vec<f64>> = Vec::new();
+    let mut validation_llm: Vec<Vec<f64>> = Vec::new();
+    let mut simulator_name = String::new();
 
     if args.model == "none" && args.adapter.is_some() {
         bail!("--adapter needs a --model to apply it to");
@@ -140,6 +254,20 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             rationale_tokens: args.rationale_tokens,
             ..SimulatorConfig::default()
         };
+        if let Some((_, split)) = &validation {
+            let validation_config = SimulatorConfig {
+                rotations: false,
+                agent4rec: false,
+                ..config.clone()
+            };
+            let output = score_simulator(&split.scenes, &journaled, &validation_config, &[])?;
+            timings.insert("validation_scoring".to_owned(), output.wall_s);
+            validation_llm = output
+                .predictions
+                .into_iter()
+                .map(|p| p.distribution)
+                .collect();
+        }
         let output = score_simulator(&scenes, &journaled, &config, &cases)?;
         timings.insert("simulator_scoring".to_owned(), output.wall_s);
         let counts = journaled.counts();
@@ -160,6 +288,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         predictors.push(simulator_predictor_metrics(
             &name, &scenes, &output, &cases,
         )?);
+        llm_distributions = output
+            .predictions
+            .iter()
+            .map(|p| p.distribution.clone())
+            .collect();
+        simulator_name = name.clone();
         lines.extend(
             output
                 .predictions
@@ -173,7 +307,6 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         mode_name = Some(mode.name().to_owned());
     }
 
-    let (cutoff, cutoff_source) = resolve_cutoff(&args.scenes, &scenes, args.cutoff)?;
     let baseline_config = BaselineConfig {
         temperature: args.baseline_temperature,
         ease_lambda: args.ease_lambda,
@@ -182,28 +315,23 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         ..BaselineConfig::default()
     };
     let mut interactions_before_cutoff = None;
-    if !kinds.is_empty() {
-        let spec: SourceSpec = args
-            .catalog
-            .as_deref()
-            .context(
-                "baselines need the dataset: pass --catalog FORMAT:PATH (or --baselines none)",
-            )?
-            .parse()?;
-        let started = Instant::now();
-        let (catalog, _) = read_source(&spec, &ReadOptions::default())
-            .with_context(|| format!("reading {spec}"))?;
-        timings.insert("catalog_read".to_owned(), started.elapsed().as_secs_f64());
-        let started = Instant::now();
-        eprintln!("fitting baselines on interactions before {cutoff:?} ({cutoff_source})");
-        let fitted = FittedBaselines::fit(
-            &catalog,
-            cutoff,
-            &baseline_config,
-            kinds.contains(&BaselineKind::Ease),
-        )?;
-        timings.insert("baselines_fit".to_owned(), started.elapsed().as_secs_f64());
-        interactions_before_cutoff = Some(fitted.interactions_before_cutoff);
+    let fitted = match &catalog {
+        Some(catalog) => {
+            let started = Instant::now();
+            eprintln!("fitting baselines on interactions before {cutoff:?} ({cutoff_source})");
+            let fitted = FittedBaselines::fit(
+                catalog,
+                cutoff,
+                &baseline_config,
+                kinds.contains(&BaselineKind::Ease) || hybrid_prior == Some(BaselineKind::Ease),
+            )?;
+            timings.insert("baselines_fit".to_owned(), started.elapsed().as_secs_f64());
+            interactions_before_cutoff = Some(fitted.interactions_before_cutoff);
+            Some(fitted)
+        }
+        None => None,
+    };
+    if let (false, Some(fitted)) = (kinds.is_empty(), &fitted) {
         notes.push(format!(
             "baseline distributions are softmax(score / {}) with an untuned temperature: their \
              NLL, Brier and ECE depend on it, their accuracy does not",
@@ -211,8 +339,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         ));
         let started = Instant::now();
         for &kind in &kinds {
-            let predictions =
-                baseline_predictions(&fitted, kind, &scenes, args.repeats, args.seed)?;
+            let predictions = baseline_predictions(fitted, kind, &scenes, args.repeats, args.seed)?;
             predictors.push(baseline_metrics(kind, &scenes, &predictions, &cases)?);
             lines.extend(predictions.into_iter().map(|prediction| PredictionLine {
                 predictor: kind.name().to_owned(),
@@ -223,6 +350,126 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             "baselines_score".to_owned(),
             started.elapsed().as_secs_f64(),
         );
+    }
+    if let (Some(prior), Some(fitted), Some(catalog)) = (hybrid_prior, &fitted, &catalog) {
+        let started = Instant::now();
+        let file = match (validation, loaded_hybrid) {
+            (Some((path, split)), _) => {
+                let eval_cutoff = cutoff.context("fitting the hybrid needs a cutoff")?;
+                let prior_cutoff = split.prior_cutoff();
+                eprintln!(
+                    "hybrid: fitting the {prior} prior for validation on interactions before \
+                     {prior_cutoff}"
+                );
+                let validation_fitted = FittedBaselines::fit(
+                    catalog,
+                    Some(prior_cutoff),
+                    &baseline_config,
+                    prior == BaselineKind::Ease,
+                )?;
+                let cases =
+                    validation_cases(&validation_fitted, prior, &split.scenes, &validation_llm)?;
+                let bounds = FitBounds::default();
+                let fit = fit_hybrid(&cases, &bounds)?;
+                let file = HybridFile {
+                    prior,
+                    model: model_id.clone(),
+                    weights: fit.weights,
+                    fit,
+                    validation_scenes_file: path.display().to_string(),
+                    validation_boundary: split.boundary,
+                    eval_cutoff,
+                    validation_prior_cutoff: prior_cutoff,
+                    bounds,
+                };
+                write_hybrid_file(&hybrid_path, &file)?;
+                eprintln!("hybrid: wrote {}", hybrid_path.display());
+                file
+            }
+            (None, Some(file)) => {
+                if file.model != model_id {
+                    bail!(
+                        "{} was fitted for the model {:?}, not {:?}; pass --validation-scenes to \
+                         refit",
+                        hybrid_path.display(),
+                        file.model,
+                        model_id
+                    );
+                }
+                file
+            }
+            (None, None) => bail!("the hybrid has neither validation scenes nor a hybrid.json"),
+        };
+        let weights = file.weights;
+        let predictions = hybrid_predictions(
+            fitted,
+            prior,
+            &weights,
+            &scenes,
+            &llm_distributions,
+            args.repeats,
+            args.seed,
+        )?;
+        let name = format!("hybrid({simulator_name} + {prior})");
+        predictors.push(PredictorMetrics {
+            name: name.clone(),
+            kind: PredictorKind::Simulator,
+            metrics: choice_metrics(&predictions).context("no scenes to evaluate")?,
+            agent4rec: BTreeMap::new(),
+        });
+        lines.extend(predictions.into_iter().map(|prediction| PredictionLine {
+            predictor: name.clone(),
+            prediction,
+        }));
+        // The prior alone at the temperature fitted on validation, for a calibrated comparison.
+        let prior_name = format!(
+            "{prior} (T = {:.4} from validation)",
+            weights.prior_temperature
+        );
+        let prior_predictions = scenes
+            .iter()
+            .map(|scene| {
+                let distribution = weights.prior_distribution(&fitted.scores(prior, scene)?);
+                Ok(mirrorsim_eval::ScenePrediction {
+                    scene_id: scene.id.clone(),
+                    dataset: scene.dataset.clone(),
+                    answer: scene.answer,
+                    samples: draw_samples(&distribution, args.seed, &scene.id, args.repeats),
+                    distribution,
+                    rotations: Vec::new(),
+                })
+            })
+            .collect::<Result<Vec<_>, mirrorsim_eval::EvalError>>()?;
+        predictors.push(PredictorMetrics {
+            name: prior_name.clone(),
+            kind: PredictorKind::Baseline,
+            metrics: choice_metrics(&prior_predictions).context("no scenes to evaluate")?,
+            agent4rec: BTreeMap::new(),
+        });
+        lines.extend(
+            prior_predictions
+                .into_iter()
+                .map(|prediction| PredictionLine {
+                    predictor: prior_name.clone(),
+                    prediction,
+                }),
+        );
+        notes.push(format!(
+            "hybrid: p ∝ p_llm^{:.4} · p_{prior}^{:.4} with p_{prior} = softmax(score / {:.4}), \
+             fitted on {} validation scenes decided in [{}, {}) (their prior saw only \
+             interactions before {}); validation NLL (nats): LLM {:.4}, prior {:.4}, hybrid {:.4}",
+            weights.llm_weight,
+            weights.prior_weight,
+            weights.prior_temperature,
+            file.fit.scenes,
+            file.validation_boundary,
+            file.eval_cutoff,
+            file.validation_prior_cutoff,
+            file.fit.nll_nats_llm,
+            file.fit.nll_nats_prior,
+            file.fit.nll_nats_hybrid
+        ));
+        timings.insert("hybrid".to_owned(), started.elapsed().as_secs_f64());
     }
     let max_options = scenes.iter().map(|s| s.options.len()).max().unwrap_or(0);
     let left_out: Vec<String> = RATIOS
