@@ -150,6 +150,7 @@ pub fn run_dpo(
             config.lora.rank = loaded_config.rank;
             config.lora.alpha = loaded_config.alpha;
             config.lora.target_modules = loaded_config.target_modules;
+            loaded.model.set_lora_dropout_rate(config.lora.dropout);
         }
         None => loaded.model.attach_lora(&config.lora, config.seed)?,
     }

@@ -460,6 +460,7 @@ pub fn train<O: Objective>(
                 ));
             }
             model.load_peft_adapter(&dir)?;
+            model.set_lora_dropout_rate(config.lora.dropout);
             start_step = step;
             resumed_from = Some(step);
             truncate_log(&log_path, step)?;

@@ -136,7 +136,17 @@ fn sft_then_dpo_then_merged_gguf_export() {
     assert_eq!(peft["peft_type"], "LORA");
     assert_eq!(peft["r"], 4);
 
-    let mut dpo_args = vec!["train", "dpo", "--adapter", sft_out.as_str(), "--data"];
+    // Without dropout the first step's policy is exactly the reference (with it, the masked
+    // adapter gives other log-probabilities by design).
+    let mut dpo_args = vec![
+        "train",
+        "dpo",
+        "--lora-dropout",
+        "0",
+        "--adapter",
+        sft_out.as_str(),
+        "--data",
+    ];
     let (dpo_data, dpo_out) = (d("dpo.jsonl"), d("dpo"));
     dpo_args.extend([dpo_data.as_str(), "--out", dpo_out.as_str()]);
     dpo_args.extend(common);

@@ -412,6 +412,18 @@ impl Llama {
         }
     }
 
+    /// Sets the dropout probability of every adapter (e.g. a DPO run's own setting on an SFT
+    /// adapter loaded from files, which carry the SFT run's).
+    pub fn set_lora_dropout_rate(&mut self, p: f32) {
+        for layer in 0..self.layers.len() {
+            for module in ALL_TARGET_MODULES {
+                if let Some(lora) = linear_mut(self, layer, module).and_then(|l| l.lora.as_mut()) {
+                    lora.dropout = p;
+                }
+            }
+        }
+    }
+
     /// Folds every adapter into its base weight (`W += s·B·A`) and removes the adapters.
     pub fn merge_lora(&mut self) -> Result<(), LlmError> {
         let compute = |e: candle_core::Error| LlmError::Compute(e.to_string());
