@@ -284,20 +284,33 @@ impl<'c> FittedBaselines<'c> {
     /// The raw scores of a scene's options.
     pub fn scores(&self, kind: BaselineKind, scene: &SceneRecord) -> Result<Vec<f64>, EvalError> {
         let (options, history) = self.resolve(scene)?;
+        let options: Vec<Option<ItemIdx>> = options.into_iter().map(Some).collect();
+        self.scores_of(kind, &options, &history)
+    }
+
+    /// The raw scores of `options` for a user whose distinct earlier items are `history`
+    /// (sorted). An option outside the catalog (`None`) scores as an item nobody interacted
+    /// with: 0 for every baseline.
+    pub fn scores_of(
+        &self,
+        kind: BaselineKind,
+        options: &[Option<ItemIdx>],
+        history: &[ItemIdx],
+    ) -> Result<Vec<f64>, EvalError> {
         Ok(match kind {
             BaselineKind::Random => vec![0.0; options.len()],
             BaselineKind::Popularity => options
                 .iter()
-                .map(|&o| (1.0 + self.popularity(o) as f64).ln())
+                .map(|o| o.map_or(0.0, |o| (1.0 + self.popularity(o) as f64).ln()))
                 .collect(),
             BaselineKind::Knn => options
                 .iter()
-                .map(|&o| {
-                    if history.is_empty() {
-                        return 0.0;
+                .map(|o| match o {
+                    Some(o) if !history.is_empty() => {
+                        let total: f64 = history.iter().map(|&h| self.cosine(h, *o)).sum();
+                        total / history.len() as f64
                     }
-                    let total: f64 = history.iter().map(|&h| self.cosine(h, o)).sum();
-                    total / history.len() as f64
+                    _ => 0.0,
                 })
                 .collect(),
             BaselineKind::Ease => {
@@ -308,7 +321,11 @@ impl<'c> FittedBaselines<'c> {
                 }
                 options
                     .iter()
-                    .map(|&o| history.iter().map(|&h| self.ease_weight(h, o)).sum())
+                    .map(|o| {
+                        o.map_or(0.0, |o| {
+                            history.iter().map(|&h| self.ease_weight(h, o)).sum()
+                        })
+                    })
                     .collect()
             }
         })

@@ -5,6 +5,7 @@
 //!   reliability table, breakdowns, position bias from option rotations, Agent4Rec yes/no.
 //! - [`baselines`]: random, popularity, item-kNN and EASE, each a distribution over options.
 //! - [`simulate`]: scoring a simulator through any `Backend` (direct or rationale mode).
+//! - [`slate`]: the simulator facing arbitrary slates (the service, recommender-in-the-loop).
 //! - [`hybrid`]: the LLM's distribution times a collaborative prior, fitted on validation.
 //! - [`evaluate`]: `metrics.json` and `predictions.jsonl`.
 //! - [`report`]: a self-contained HTML page with inline SVG plots.
@@ -18,6 +19,7 @@ pub mod linalg;
 pub mod metrics;
 pub mod report;
 pub mod simulate;
+pub mod slate;
 
 pub use baselines::{BaselineConfig, BaselineKind, FittedBaselines};
 pub use error::EvalError;

@@ -102,7 +102,9 @@ pub struct SimulatorOutput {
 /// The continuation after which the next token is the chosen letter, in direct mode.
 pub const DIRECT_CUE: &str = "Behavior: [";
 
-fn to_llm_messages(messages: &[mirrorsim_data::scenes::ChatMessage]) -> Vec<ChatMessage> {
+pub(crate) fn to_llm_messages(
+    messages: &[mirrorsim_data::scenes::ChatMessage],
+) -> Vec<ChatMessage> {
     messages
         .iter()
         .map(|m| ChatMessage::new(m.role.clone(), m.content.clone()))
@@ -111,7 +113,15 @@ fn to_llm_messages(messages: &[mirrorsim_data::scenes::ChatMessage]) -> Vec<Chat
 
 /// Direct mode: the behaviour-only prompt and an assistant turn continued after `Behavior: [`.
 pub fn direct_request(scene: &SceneRecord) -> ChoiceRequest {
-    let mut messages = to_llm_messages(&scene.direct_messages);
+    direct_choice_request(&scene.direct_messages, &scene.labels)
+}
+
+/// The direct-mode request for behaviour-only `messages` (system + user) and option `labels`.
+pub fn direct_choice_request(
+    messages: &[mirrorsim_data::scenes::ChatMessage],
+    labels: &[String],
+) -> ChoiceRequest {
+    let mut messages = to_llm_messages(messages);
     messages.push(ChatMessage::new("assistant", ""));
     ChoiceRequest {
         prompt: Prompt::Chat {
@@ -119,7 +129,7 @@ pub fn direct_request(scene: &SceneRecord) -> ChoiceRequest {
             continue_final: true,
         },
         continuations: vec![DIRECT_CUE.to_owned()],
-        labels: scene.labels.clone(),
+        labels: labels.to_vec(),
     }
 }
 

@@ -21,6 +21,7 @@ pub mod collaborative;
 pub mod content;
 pub mod negatives;
 pub mod render;
+pub mod slate;
 pub mod split;
 pub mod summary;
 

@@ -103,7 +103,11 @@ impl PromptSet {
         Ok(PromptSet { env, origins })
     }
 
-    fn render<S: Serialize>(&self, which: usize, context: S) -> Result<String, DataError> {
+    pub(crate) fn render<S: Serialize>(
+        &self,
+        which: usize,
+        context: S,
+    ) -> Result<String, DataError> {
         let name = TEMPLATE_NAMES[which];
         self.env
             .get_template(name)
@@ -125,58 +129,58 @@ fn template_error(origin: &str, err: &minijinja::Error) -> DataError {
 }
 
 #[derive(Serialize)]
-struct Attribute<'a> {
-    name: &'a str,
-    value: &'a str,
+pub(crate) struct Attribute<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) value: &'a str,
 }
 
 #[derive(Serialize)]
-struct UserView<'a> {
-    id: &'a str,
-    attributes: Vec<Attribute<'a>>,
+pub(crate) struct UserView<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) attributes: Vec<Attribute<'a>>,
 }
 
 #[derive(Serialize)]
-struct HistoryView<'a> {
-    item_id: &'a str,
-    when: String,
-    title: &'a str,
-    details: &'a str,
-    rating: Option<String>,
-    review: Option<String>,
+pub(crate) struct HistoryView<'a> {
+    pub(crate) item_id: &'a str,
+    pub(crate) when: String,
+    pub(crate) title: &'a str,
+    pub(crate) details: &'a str,
+    pub(crate) rating: Option<String>,
+    pub(crate) review: Option<String>,
 }
 
 #[derive(Serialize)]
-struct OptionView<'a> {
-    item_id: &'a str,
-    label: &'a str,
-    title: &'a str,
-    details: &'a str,
+pub(crate) struct OptionView<'a> {
+    pub(crate) item_id: &'a str,
+    pub(crate) label: &'a str,
+    pub(crate) title: &'a str,
+    pub(crate) details: &'a str,
 }
 
 #[derive(Serialize)]
-struct SceneView<'a> {
-    dataset: &'a str,
-    k: usize,
-    labels: &'a [String],
-    user: UserView<'a>,
-    history: Vec<HistoryView<'a>>,
-    options: Vec<OptionView<'a>>,
+pub(crate) struct SceneView<'a> {
+    pub(crate) dataset: &'a str,
+    pub(crate) k: usize,
+    pub(crate) labels: &'a [String],
+    pub(crate) user: UserView<'a>,
+    pub(crate) history: Vec<HistoryView<'a>>,
+    pub(crate) options: Vec<OptionView<'a>>,
 }
 
 #[derive(Serialize)]
-struct UserPromptView<'a> {
-    dataset: &'a str,
-    k: usize,
-    labels: &'a [String],
-    scene: &'a str,
+pub(crate) struct UserPromptView<'a> {
+    pub(crate) dataset: &'a str,
+    pub(crate) k: usize,
+    pub(crate) labels: &'a [String],
+    pub(crate) scene: &'a str,
 }
 
 #[derive(Serialize)]
-struct SystemView<'a> {
-    dataset: &'a str,
-    k: usize,
-    labels: &'a [String],
+pub(crate) struct SystemView<'a> {
+    pub(crate) dataset: &'a str,
+    pub(crate) k: usize,
+    pub(crate) labels: &'a [String],
 }
 
 /// Renders sampled scenes into records; holds what is the same for many scenes.
@@ -199,13 +203,7 @@ impl<'a> SceneRenderer<'a> {
         config: &SceneConfig,
     ) -> Result<Self, DataError> {
         let item_details = catalog.items.iter().map(item_details).collect();
-        let rating_scale = catalog
-            .interactions
-            .iter()
-            .filter_map(|i| i.rating)
-            .fold(None, |max: Option<f32>, r| {
-                Some(max.map_or(r, |m| m.max(r)))
-            });
+        let rating_scale = rating_scale(catalog);
         let mut per_k = vec![None; MAX_OPTIONS + 1];
         let ks = (config.train_options.min..=config.train_options.max)
             .chain(std::iter::once(config.eval_options));
@@ -349,18 +347,34 @@ impl<'a> SceneRenderer<'a> {
     }
 
     fn format_rating(&self, rating: f32) -> String {
-        let number = |x: f32| {
-            if x.fract() == 0.0 {
-                format!("{x:.0}")
-            } else {
-                format!("{x}")
-            }
-        };
-        match self.rating_scale {
-            Some(scale) => format!("{}/{}", number(rating), number(scale)),
-            None => number(rating),
-        }
+        format_rating(rating, self.rating_scale)
     }
+}
+
+/// "4/5" when the scale is known, else "4".
+pub(crate) fn format_rating(rating: f32, scale: Option<f32>) -> String {
+    let number = |x: f32| {
+        if x.fract() == 0.0 {
+            format!("{x:.0}")
+        } else {
+            format!("{x}")
+        }
+    };
+    match scale {
+        Some(scale) => format!("{}/{}", number(rating), number(scale)),
+        None => number(rating),
+    }
+}
+
+/// The highest rating in the data, shown as the scale of every rating.
+pub(crate) fn rating_scale(catalog: &Catalog) -> Option<f32> {
+    catalog
+        .interactions
+        .iter()
+        .filter_map(|i| i.rating)
+        .fold(None, |max: Option<f32>, r| {
+            Some(max.map_or(r, |m| m.max(r)))
+        })
 }
 
 /// The scene with its options shown in a new order: slot `j` shows the option that was in slot
@@ -457,7 +471,7 @@ pub fn labels(k: usize) -> Vec<String> {
 }
 
 /// "genres: Comedy, Drama; year: 1995".
-fn item_details(item: &Item) -> String {
+pub(crate) fn item_details(item: &Item) -> String {
     item.attributes
         .iter()
         .filter(|(_, v)| !v.is_empty())
@@ -466,7 +480,7 @@ fn item_details(item: &Item) -> String {
         .join("; ")
 }
 
-fn shorten_review(review: &str) -> String {
+pub(crate) fn shorten_review(review: &str) -> String {
     let review = review.trim();
     match review.char_indices().nth(MAX_REVIEW_CHARS) {
         Some((cut, _)) => format!("{}…", review[..cut].trim_end()),
