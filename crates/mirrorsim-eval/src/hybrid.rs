@@ -14,6 +14,7 @@
 use std::path::Path;
 
 use mirrorsim_data::io::write_atomic;
+use mirrorsim_data::scenes::render::annotate_options;
 use mirrorsim_data::scenes::{SceneRecord, Split};
 use serde::{Deserialize, Serialize};
 
@@ -472,6 +473,82 @@ pub fn hybrid_predictions(
         .collect()
 }
 
+/// The note the prompt variant puts on the option a prior ranks first.
+pub fn prior_hint(kind: BaselineKind) -> &'static str {
+    match kind {
+        BaselineKind::Knn => "similar to what you chose before",
+        BaselineKind::Ease => "what people with your taste chose next",
+        BaselineKind::Popularity => "popular with many people",
+        BaselineKind::Random => "picked at random",
+    }
+}
+
+/// The other way to use a prior: tell the LLM in the prompt. Each scene's option that `prior`
+/// scores strictly highest gets [`prior_hint`] appended to its line; a scene whose top score is
+/// tied gets no hint.
+pub fn hinted_scenes(
+    fitted: &FittedBaselines<'_>,
+    prior: BaselineKind,
+    scenes: &[SceneRecord],
+) -> Result<Vec<SceneRecord>, EvalError> {
+    scenes
+        .iter()
+        .map(|scene| {
+            let scores = fitted.scores(prior, scene)?;
+            let top = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let winners = scores.iter().filter(|&&s| s == top).count();
+            let notes: Vec<Option<String>> = scores
+                .iter()
+                .map(|&s| (winners == 1 && s == top).then(|| prior_hint(prior).to_owned()))
+                .collect();
+            Ok(annotate_options(scene, &notes)?)
+        })
+        .collect()
+}
+
+/// The prompt variant against the hybrid on the same validation scenes (mean NLL, nats).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptHintFit {
+    pub hint: String,
+    pub nll_nats_prompt_hint: f64,
+    pub nll_nats_hybrid: f64,
+    /// `hybrid` or `prompt`: the lower validation NLL.
+    pub winner: String,
+}
+
+impl PromptHintFit {
+    pub fn compare(
+        prior: BaselineKind,
+        llm_with_hint: &[Vec<f64>],
+        answers: &[usize],
+        hybrid: &HybridFit,
+    ) -> Result<Self, EvalError> {
+        if llm_with_hint.len() != answers.len() || answers.is_empty() {
+            return Err(EvalError::BackendShape {
+                expected: answers.len(),
+                got: llm_with_hint.len(),
+            });
+        }
+        let nll = llm_with_hint
+            .iter()
+            .zip(answers)
+            .map(|(d, &a)| crate::metrics::nll_nats(d, a))
+            .sum::<f64>()
+            / answers.len() as f64;
+        Ok(PromptHintFit {
+            hint: prior_hint(prior).to_owned(),
+            nll_nats_prompt_hint: nll,
+            nll_nats_hybrid: hybrid.nll_nats_hybrid,
+            winner: if nll < hybrid.nll_nats_hybrid {
+                "prompt"
+            } else {
+                "hybrid"
+            }
+            .to_owned(),
+        })
+    }
+}
+
 /// `hybrid.json`: the fitted hybrid of one run directory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HybridFile {
@@ -487,6 +564,9 @@ pub struct HybridFile {
     /// The prior used on validation scenes saw only interactions strictly before this time.
     pub validation_prior_cutoff: i64,
     pub bounds: FitBounds,
+    /// With `--prior-in-prompt`: the prompt variant's validation NLL beside the hybrid's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_hint: Option<PromptHintFit>,
 }
 
 /// Writes `hybrid.json` atomically.

@@ -205,6 +205,7 @@ fn hybrid_file_round_trips() {
         eval_cutoff: 20,
         validation_prior_cutoff: 11,
         bounds: FitBounds::default(),
+        prompt_hint: None,
     };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hybrid.json");

@@ -198,3 +198,88 @@ fn eval_scores_the_real_model_beside_baselines_and_resumes() {
     let html = std::fs::read_to_string(&page).unwrap();
     assert_eq!(html.matches("data-metric=\"accuracy\"").count(), 9);
 }
+
+/// `--prior knn --prior-in-prompt`: the hybrid is fitted on validation scenes from the end of the
+/// pre-cutoff period, the prompt variant is compared with it there (hybrid.json names the
+/// winner), and both are reported on the eval scenes.
+#[test]
+fn eval_fits_the_hybrid_and_compares_the_prior_in_the_prompt() {
+    let model = mirrorsim_llm::default_model::default_model_path().expect("the default model");
+    let dir = tempfile::tempdir().unwrap();
+    let scenes_dir = dir.path().join("scenes");
+    mirrorsim(
+        &[
+            "scenes",
+            "--source",
+            "movielens:../../data/ml-latest-small",
+            "--max-train",
+            "600",
+            "--max-eval",
+            "6",
+            "--eval-options",
+            "4",
+            "--train-options",
+            "4..4",
+            "--negatives",
+            "random=1",
+            "--seed",
+            "3",
+            "--out",
+        ],
+        &[&scenes_dir],
+    );
+    let out = dir.path().join("eval");
+    let validation = scenes_dir.join("scenes.train.jsonl");
+    let metrics = eval(
+        &scenes_dir.join("scenes.eval.jsonl"),
+        &model,
+        &out,
+        &[
+            "--no-rotations",
+            "--no-agent4rec",
+            "--baselines",
+            "knn",
+            "--prior",
+            "knn",
+            "--prior-in-prompt",
+            "--max-validation-scenes",
+            "8",
+            "--validation-scenes",
+            validation.to_str().unwrap(),
+        ],
+    );
+    let names: Vec<&str> = metrics["predictors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 5, "{names:?}");
+    assert!(names[2].starts_with("hybrid(") && names[2].ends_with(" + knn)"));
+    assert!(names[3].starts_with("knn (T = "));
+    assert!(names[4].ends_with(" + knn hint in prompt"), "{names:?}");
+    assert_eq!(metrics["predictors"][4]["metrics"]["scenes"], 6);
+
+    let hybrid: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("hybrid.json")).unwrap()).unwrap();
+    assert_eq!(hybrid["fit"]["scenes"], 8);
+    let hint = &hybrid["prompt_hint"];
+    assert_eq!(hint["hint"], "similar to what you chose before");
+    let (prompt, mixed) = (
+        hint["nll_nats_prompt_hint"].as_f64().unwrap(),
+        hint["nll_nats_hybrid"].as_f64().unwrap(),
+    );
+    assert_eq!(hybrid["fit"]["nll_nats_hybrid"].as_f64().unwrap(), mixed);
+    assert_eq!(
+        hint["winner"],
+        if prompt < mixed { "prompt" } else { "hybrid" }
+    );
+    // Eval and validation scenes plain and hinted; a scene whose top prior score is tied keeps
+    // its plain prompt and comes from the journal.
+    let sent = metrics["llm_requests_sent"].as_u64().unwrap();
+    assert!((6 + 8..=2 * (6 + 8)).contains(&sent), "{sent} requests");
+    let notes = metrics["notes"].as_array().unwrap();
+    assert!(notes
+        .iter()
+        .any(|n| n.as_str().unwrap().starts_with("prior in the prompt")));
+}

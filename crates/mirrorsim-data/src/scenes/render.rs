@@ -399,22 +399,7 @@ pub fn reorder_options(record: &SceneRecord, order: &[usize]) -> Result<SceneRec
         )));
     }
     let reorder_text = |text: &str| -> Result<String, DataError> {
-        let mut lines: Vec<String> = text.split('\n').map(str::to_owned).collect();
-        let mut line_of_slot = Vec::with_capacity(k);
-        for label in &record.labels {
-            let prefix = format!("[{label}] ");
-            let found: Vec<usize> = (0..lines.len())
-                .filter(|&i| lines[i].starts_with(&prefix))
-                .collect();
-            if found.len() != 1 {
-                return Err(DataError::Config(format!(
-                    "scene {}: the prompt has {} lines starting `{prefix}`, expected exactly one",
-                    record.id,
-                    found.len()
-                )));
-            }
-            line_of_slot.push(found[0]);
-        }
+        let (mut lines, line_of_slot) = option_lines(record, text)?;
         let bodies: Vec<String> = line_of_slot
             .iter()
             .zip(&record.labels)
@@ -458,6 +443,69 @@ pub fn reorder_options(record: &SceneRecord, order: &[usize]) -> Result<SceneRec
         answer,
         messages: reorder_messages(&record.messages)?,
         direct_messages: reorder_messages(&record.direct_messages)?,
+        ..record.clone()
+    })
+}
+
+/// The lines of `text` and, per option slot, the index of its line (`[L] …`, exactly one each).
+fn option_lines(record: &SceneRecord, text: &str) -> Result<(Vec<String>, Vec<usize>), DataError> {
+    let lines: Vec<String> = text.split('\n').map(str::to_owned).collect();
+    let mut line_of_slot = Vec::with_capacity(record.labels.len());
+    for label in &record.labels {
+        let prefix = format!("[{label}] ");
+        let found: Vec<usize> = (0..lines.len())
+            .filter(|&i| lines[i].starts_with(&prefix))
+            .collect();
+        if found.len() != 1 {
+            return Err(DataError::Config(format!(
+                "scene {}: the prompt has {} lines starting `{prefix}`, expected exactly one",
+                record.id,
+                found.len()
+            )));
+        }
+        line_of_slot.push(found[0]);
+    }
+    Ok((lines, line_of_slot))
+}
+
+/// The scene with a note appended to some option lines of both prompts (`[B] Title (…) — note`),
+/// e.g. a collaborative model's hint; `notes` has one entry per option.
+pub fn annotate_options(
+    record: &SceneRecord,
+    notes: &[Option<String>],
+) -> Result<SceneRecord, DataError> {
+    if notes.len() != record.options.len() {
+        return Err(DataError::Config(format!(
+            "scene {}: {} notes for {} options",
+            record.id,
+            notes.len(),
+            record.options.len()
+        )));
+    }
+    let annotate = |messages: &[ChatMessage]| -> Result<Vec<ChatMessage>, DataError> {
+        messages
+            .iter()
+            .map(|m| {
+                if m.role != "user" {
+                    return Ok(m.clone());
+                }
+                let (mut lines, line_of_slot) = option_lines(record, &m.content)?;
+                for (&line, note) in line_of_slot.iter().zip(notes) {
+                    if let Some(note) = note {
+                        lines[line].push_str(" — ");
+                        lines[line].push_str(note);
+                    }
+                }
+                Ok(ChatMessage {
+                    role: m.role.clone(),
+                    content: lines.join("\n"),
+                })
+            })
+            .collect()
+    };
+    Ok(SceneRecord {
+        messages: annotate(&record.messages)?,
+        direct_messages: annotate(&record.direct_messages)?,
         ..record.clone()
     })
 }

@@ -308,7 +308,7 @@ mod tests {
     use super::*;
     use crate::catalog::{CatalogBuilder, Interaction};
     use crate::scenes::negatives::Scene;
-    use crate::scenes::render::SceneRenderer;
+    use crate::scenes::render::{annotate_options, SceneRenderer};
     use crate::scenes::{SceneConfig, Split};
 
     fn catalog() -> Catalog {
@@ -378,6 +378,27 @@ mod tests {
         assert_eq!(prompt.direct_messages, record.direct_messages);
         assert_eq!(prompt.labels, record.labels);
         assert_eq!(prompt.item_ids, record.options);
+
+        let noted = annotate_options(&record, &[None, Some("a hint".to_owned()), None]).unwrap();
+        for (before, after) in [
+            (&record.messages[1].content, &noted.messages[1].content),
+            (&record.direct_messages[1].content, &noted.direct_messages[1].content),
+        ] {
+            let changed: Vec<(&str, &str)> = before
+                .lines()
+                .zip(after.lines())
+                .filter(|(b, a)| b != a)
+                .collect();
+            assert_eq!(
+                changed,
+                vec![(
+                    "[B] Gamma (genres: Drama)",
+                    "[B] Gamma (genres: Drama) — a hint"
+                )]
+            );
+        }
+        assert_eq!(noted.messages[0], record.messages[0]);
+        assert!(annotate_options(&record, &[None]).is_err());
     }
 
     #[test]

@@ -16,8 +16,8 @@ use mirrorsim_eval::evaluate::{
     write_outputs, PredictorKind, PredictorMetrics,
 };
 use mirrorsim_eval::hybrid::{
-    fit_hybrid, hybrid_predictions, read_hybrid_file, validation_cases, validation_split,
-    write_hybrid_file, FitBounds, HybridFile, ValidationSplit,
+    fit_hybrid, hinted_scenes, hybrid_predictions, read_hybrid_file, validation_cases,
+    validation_split, write_hybrid_file, FitBounds, HybridFile, PromptHintFit, ValidationSplit,
 };
 use mirrorsim_eval::metrics::choice_metrics;
 use mirrorsim_eval::report::{read_loss_curves, render_report, ReportRun};
@@ -112,10 +112,15 @@ pub struct EvalArgs {
     /// Use at most this many validation scenes (the first in the file).
     #[arg(long, default_value_t = 200)]
     max_validation_scenes: usize,
+    /// Also try the prior in the prompt: the option the prior ranks first is marked (e.g.
+    /// "similar to what you chose before") and the LLM scores the marked scenes. Compared with
+    /// the hybrid on the validation scenes (hybrid.json says which wins) and reported on eval.
+    #[arg(long, requires = "validation_scenes")]
+    prior_in_prompt: bool,
 }
 
 /// The collaborative prior of `--prior`.
-fn parse_prior(name: &str) -> anyhow::Result<BaselineKind> {
+pub(crate) fn parse_prior(name: &str) -> anyhow::Result<BaselineKind> {
     match BaselineKind::parse_list(name)?.as_slice() {
         [kind @ (BaselineKind::Knn | BaselineKind::Ease | BaselineKind::Popularity)] => Ok(*kind),
         _ => bail!("--prior takes one of knn, ease, popularity; got `{name}`"),
@@ -223,6 +228,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let mut llm_distributions: Vec<Vec<f64>> = Vec::new();
     let mut validation_llm: Vec<Vec<f64>> = Vec::new();
     let mut simulator_name = String::new();
+    let mut loaded: Option<(LocalEngine, Journal)> = None;
 
     if args.model == "none" && args.adapter.is_some() {
         bail!("--adapter needs a --model to apply it to");
@@ -305,7 +311,19 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         );
         model_id = Some(engine.model_id());
         mode_name = Some(mode.name().to_owned());
+        drop(journaled);
+        loaded = Some((engine, journal));
     }
+    let hint_config = SimulatorConfig {
+        mode,
+        repeats: args.repeats,
+        seed: args.seed,
+        rotations: false,
+        agent4rec: false,
+        rationale_temperature: args.rationale_temperature,
+        rationale_tokens: args.rationale_tokens,
+        ..SimulatorConfig::default()
+    };
 
     let baseline_config = BaselineConfig {
         temperature: args.baseline_temperature,
@@ -371,6 +389,30 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
                     validation_cases(&validation_fitted, prior, &split.scenes, &validation_llm)?;
                 let bounds = FitBounds::default();
                 let fit = fit_hybrid(&cases, &bounds)?;
+                let prompt_hint = match (&loaded, args.prior_in_prompt) {
+                    (Some((engine, journal)), true) => {
+                        let hinted = hinted_scenes(&validation_fitted, prior, &split.scenes)?;
+                        let backend = JournaledBackend::new(engine, journal);
+                        let output = score_simulator(&hinted, &backend, &hint_config, &[])?;
+                        timings.insert("validation_prompt_hint_scoring".to_owned(), output.wall_s);
+                        let distributions: Vec<Vec<f64>> = output
+                            .predictions
+                            .into_iter()
+                            .map(|p| p.distribution)
+                            .collect();
+                        let answers: Vec<usize> = split.scenes.iter().map(|s| s.answer).collect();
+                        let compared =
+                            PromptHintFit::compare(prior, &distributions, &answers, &fit)?;
+                        eprintln!(
+                            "prior in the prompt: validation NLL {:.4} nats vs the hybrid's                              {:.4}; {} wins",
+                            compared.nll_nats_prompt_hint,
+                            compared.nll_nats_hybrid,
+                            compared.winner
+                        );
+                        Some(compared)
+                    }
+                    _ => None,
+                };
                 let file = HybridFile {
                     prior,
                     model: model_id.clone(),
@@ -381,6 +423,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
                     eval_cutoff,
                     validation_prior_cutoff: prior_cutoff,
                     bounds,
+                    prompt_hint,
                 };
                 write_hybrid_file(&hybrid_path, &file)?;
                 eprintln!("hybrid: wrote {}", hybrid_path.display());
@@ -469,7 +512,31 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             file.fit.nll_nats_prior,
             file.fit.nll_nats_hybrid
         ));
+        if let Some(hint) = &file.prompt_hint {
+            notes.push(format!(
+                "prior in the prompt (\"{}\" on the option the {prior} prior ranks first): \
+                 validation NLL {:.4} nats against the hybrid's {:.4}; the {} wins",
+                hint.hint, hint.nll_nats_prompt_hint, hint.nll_nats_hybrid, hint.winner
+            ));
+        }
         timings.insert("hybrid".to_owned(), started.elapsed().as_secs_f64());
+        if let (true, Some((engine, journal))) = (args.prior_in_prompt, &loaded) {
+            let hinted = hinted_scenes(fitted, prior, &scenes)?;
+            let backend = JournaledBackend::new(engine, journal);
+            let output = score_simulator(&hinted, &backend, &hint_config, &[])?;
+            timings.insert("prompt_hint_scoring".to_owned(), output.wall_s);
+            let name = format!("{simulator_name} + {prior} hint in prompt");
+            predictors.push(simulator_predictor_metrics(&name, &hinted, &output, &[])?);
+            lines.extend(
+                output
+                    .predictions
+                    .into_iter()
+                    .map(|prediction| PredictionLine {
+                        predictor: name.clone(),
+                        prediction,
+                    }),
+            );
+        }
     }
     let max_options = scenes.iter().map(|s| s.options.len()).max().unwrap_or(0);
     let left_out: Vec<String> = RATIOS
