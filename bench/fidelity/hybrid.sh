@@ -7,16 +7,19 @@
 # Validation scenes come from the last 10 % of the pre-cutoff period (`--validation-scenes`),
 # never from the eval period.
 #
-#   bench/fidelity/hybrid.sh        OUT (default /tmp/mirrorsim-hybrid), EVAL_SCENES (300),
-#                                   COLD_SCENES (200), VALIDATION (104), HISTORY (6)
+#   bench/fidelity/hybrid.sh        OUT (default /tmp/mirrorsim-hybrid), EVAL_SCENES (200),
+#                                   COLD_SCENES (150), VALIDATION (104), HISTORY (6),
+#                                   HINT_PRIORS ("knn": priors also tried as a hint in the prompt,
+#                                   each one more LLM pass over eval and validation scenes)
 # Then: python3 bench/fidelity/hybrid_table.py OUT/popularity/eval-*/predictions.jsonl
 #       python3 bench/fidelity/hybrid_table.py OUT/cold/eval-*/predictions.jsonl
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 out="${OUT:-/tmp/mirrorsim-hybrid}"
-eval_scenes="${EVAL_SCENES:-300}"
-cold_scenes="${COLD_SCENES:-200}"
+eval_scenes="${EVAL_SCENES:-200}"
+cold_scenes="${COLD_SCENES:-150}"
+hint_priors="${HINT_PRIORS:-knn}"
 validation="${VALIDATION:-104}"
 history="${HISTORY:-6}"
 data="$repo_root/../shared/data/ml-1m"
@@ -42,7 +45,9 @@ hybrids() {  # set-name eval-scenes validation-scenes
             mkdir -p "$out/$name/eval-$prior"
             cp "$out/$name/eval-knn/journal.sqlite" "$out/$name/eval-$prior/journal.sqlite"
         fi
-        "$bin" --log warn eval --scenes "$eval" --model default --mode direct --repeats 5 \
+        local hint=()
+        if [[ " ${hint_priors//,/ } " == *" $prior "* ]]; then hint=(--prior-in-prompt); fi
+        "$bin" --log warn eval --scenes "$eval" --model default --mode direct --repeats 5 "${hint[@]}" \
             --no-rotations --no-agent4rec --catalog "recbole:$data" --prior "$prior" \
             --validation-scenes "$val" --max-validation-scenes "$validation" \
             --out "$out/$name/eval-$prior" > /dev/null

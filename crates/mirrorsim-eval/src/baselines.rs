@@ -212,6 +212,10 @@ impl<'c> FittedBaselines<'c> {
         })
     }
 
+    pub fn config(&self) -> &BaselineConfig {
+        &self.config
+    }
+
     /// Pre-cutoff interaction count (distinct users) of an item.
     pub fn popularity(&self, item: ItemIdx) -> u32 {
         self.counts[item as usize]

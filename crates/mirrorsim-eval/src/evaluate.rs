@@ -144,6 +144,69 @@ pub fn baseline_metrics(
     })
 }
 
+/// What [`score_baselines`] produced.
+#[derive(Debug, Clone)]
+pub struct BaselineScores {
+    pub predictors: Vec<PredictorMetrics>,
+    pub lines: Vec<PredictionLine>,
+    /// On the untuned temperature; `None` when no baseline was scored.
+    pub note: Option<String>,
+}
+
+/// Every baseline of `kinds` on the scenes: its metrics, prediction lines and a note.
+pub fn score_baselines(
+    fitted: &FittedBaselines<'_>,
+    kinds: &[BaselineKind],
+    scenes: &[SceneRecord],
+    cases: &[Agent4RecCase],
+    repeats: usize,
+    seed: u64,
+) -> Result<BaselineScores, EvalError> {
+    let mut predictors = Vec::with_capacity(kinds.len());
+    let mut lines = Vec::new();
+    for &kind in kinds {
+        let predictions = baseline_predictions(fitted, kind, scenes, repeats, seed)?;
+        predictors.push(baseline_metrics(kind, scenes, &predictions, cases)?);
+        lines.extend(predictions.into_iter().map(|prediction| PredictionLine {
+            predictor: kind.name().to_owned(),
+            prediction,
+        }));
+    }
+    let note = (!kinds.is_empty()).then(|| {
+        format!(
+            "baseline distributions are softmax(score / {}) with an untuned temperature: their \
+             NLL, Brier and ECE depend on it, their accuracy does not",
+            fitted.config().temperature
+        )
+    });
+    Ok(BaselineScores {
+        predictors,
+        lines,
+        note,
+    })
+}
+
+/// The notes every metrics file carries about what was not measured on these scenes.
+pub fn coverage_notes(scenes: &[SceneRecord], agent4rec: bool) -> Vec<String> {
+    let mut notes = Vec::new();
+    let max_options = scenes.iter().map(|s| s.options.len()).max().unwrap_or(0);
+    let left_out: Vec<String> = crate::agent4rec::RATIOS
+        .iter()
+        .filter(|&&m| m + 1 > max_options)
+        .map(|m| format!("1:{m}"))
+        .collect();
+    if agent4rec && !left_out.is_empty() {
+        notes.push(format!(
+            "Agent4Rec ratios {} left out: the scenes have at most {max_options} options",
+            left_out.join(", ")
+        ));
+    }
+    notes.push(
+        "rating MAE/RMSE is not computed: the scenes hold no rating of the decision".to_owned(),
+    );
+    notes
+}
+
 /// Metrics of the simulator from its scoring output.
 pub fn simulator_predictor_metrics(
     name: &str,

@@ -10,17 +10,17 @@ use clap::Args;
 use mirrorsim_data::scenes::read_jsonl;
 use mirrorsim_data::{read_source, ReadOptions, SourceSpec};
 use mirrorsim_distill::{Journal, JournaledBackend};
-use mirrorsim_eval::agent4rec::{select_cases, RATIOS};
+use mirrorsim_eval::agent4rec::select_cases;
 use mirrorsim_eval::evaluate::{
-    baseline_metrics, baseline_predictions, resolve_cutoff, simulator_predictor_metrics,
-    write_outputs, PredictorKind, PredictorMetrics,
+    coverage_notes, resolve_cutoff, score_baselines, simulator_predictor_metrics, write_outputs,
+    PredictorKind, PredictorMetrics,
 };
 use mirrorsim_eval::hybrid::{
     fit_hybrid, hinted_scenes, hybrid_predictions, read_hybrid_file, validation_cases,
     validation_split, write_hybrid_file, FitBounds, HybridFile, PromptHintFit, ValidationSplit,
 };
 use mirrorsim_eval::metrics::choice_metrics;
-use mirrorsim_eval::report::{read_loss_curves, render_report, ReportRun};
+use mirrorsim_eval::report::{read_loss_curves, render_report, LossCurve, ReportRun};
 use mirrorsim_eval::simulate::draw_samples;
 use mirrorsim_eval::simulate::score_simulator;
 use mirrorsim_eval::{
@@ -350,20 +350,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         None => None,
     };
     if let (false, Some(fitted)) = (kinds.is_empty(), &fitted) {
-        notes.push(format!(
-            "baseline distributions are softmax(score / {}) with an untuned temperature: their \
-             NLL, Brier and ECE depend on it, their accuracy does not",
-            args.baseline_temperature
-        ));
         let started = Instant::now();
-        for &kind in &kinds {
-            let predictions = baseline_predictions(fitted, kind, &scenes, args.repeats, args.seed)?;
-            predictors.push(baseline_metrics(kind, &scenes, &predictions, &cases)?);
-            lines.extend(predictions.into_iter().map(|prediction| PredictionLine {
-                predictor: kind.name().to_owned(),
-                prediction,
-            }));
-        }
+        let baselines = score_baselines(fitted, &kinds, &scenes, &cases, args.repeats, args.seed)?;
+        predictors.extend(baselines.predictors);
+        lines.extend(baselines.lines);
+        notes.extend(baselines.note);
         timings.insert(
             "baselines_score".to_owned(),
             started.elapsed().as_secs_f64(),
@@ -538,21 +529,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let max_options = scenes.iter().map(|s| s.options.len()).max().unwrap_or(0);
-    let left_out: Vec<String> = RATIOS
-        .iter()
-        .filter(|&&m| m + 1 > max_options)
-        .map(|m| format!("1:{m}"))
-        .collect();
-    if !left_out.is_empty() {
-        notes.push(format!(
-            "Agent4Rec ratios {} left out: the scenes have at most {max_options} options",
-            left_out.join(", ")
-        ));
-    }
-    notes.push(
-        "rating MAE/RMSE is not computed: the scenes hold no rating of the decision".to_owned(),
-    );
+    notes.extend(coverage_notes(&scenes, !args.no_agent4rec));
 
     let metrics = MetricsFile {
         scenes_file: args.scenes.display().to_string(),
@@ -571,52 +548,72 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         llm_requests_from_journal: journal_hits,
         llm_requests_sent: journal_misses,
     };
-    let paths = write_outputs(&args.out, &metrics, &lines)?;
-    let report_path = args.out.join("report.html");
-    write_report(&report_path, &args.out, &metrics)?;
-
+    let label = args.out.file_name().map_or_else(
+        || args.out.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let mut curves = read_loss_curves(&args.out)?;
+    if curves.is_empty() {
+        if let Some(parent) = args.out.parent() {
+            curves = read_loss_curves(parent)?;
+        }
+    }
+    let written = write_eval_folder(
+        &args.out,
+        &metrics,
+        &lines,
+        "mirrorsim evaluation",
+        label,
+        curves,
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&metrics)?);
         return Ok(());
     }
+    print_metrics(&metrics, "");
+    println!("wrote {written}");
+    Ok(())
+}
+
+/// `DIR/metrics.json`, `DIR/predictions.jsonl` and `DIR/report.html` (loss curves beside the
+/// metrics when given), each written atomically; returns the three paths for a message.
+pub(crate) fn write_eval_folder(
+    dir: &Path,
+    metrics: &MetricsFile,
+    lines: &[PredictionLine],
+    title: &str,
+    label: String,
+    loss_curves: Vec<LossCurve>,
+) -> anyhow::Result<String> {
+    let paths = write_outputs(dir, metrics, lines)?;
+    let report_path = dir.join("report.html");
+    let run = ReportRun {
+        label,
+        metrics: metrics.clone(),
+        loss_curves,
+    };
+    let html = render_report(title, &[run]);
+    mirrorsim_data::io::write_atomic(&report_path, |w| w.write_all(html.as_bytes()))
+        .with_context(|| format!("writing {}", report_path.display()))?;
+    Ok(format!(
+        "{}, {} and {}",
+        paths.metrics.display(),
+        paths.predictions.display(),
+        report_path.display()
+    ))
+}
+
+/// One line per predictor: accuracy with its interval, NLL and ECE.
+pub(crate) fn print_metrics(metrics: &MetricsFile, indent: &str) {
     println!(
-        "{:<44} {:>9} {:>17} {:>9} {:>7}",
+        "{indent}{:<44} {:>9} {:>17} {:>9} {:>7}",
         "predictor", "accuracy", "95% CI", "NLL bits", "ECE"
     );
     for p in &metrics.predictors {
         let m = &p.metrics;
         println!(
-            "{:<44} {:>9.4} [{:.4}, {:.4}] {:>9.4} {:>7.4}",
+            "{indent}{:<44} {:>9.4} [{:.4}, {:.4}] {:>9.4} {:>7.4}",
             p.name, m.accuracy, m.ci_low, m.ci_high, m.nll_bits, m.ece
         );
     }
-    println!(
-        "wrote {}, {} and {}",
-        paths.metrics.display(),
-        paths.predictions.display(),
-        report_path.display()
-    );
-    Ok(())
-}
-
-/// The report of one eval folder; loss curves from `DIR/train/*/loss.jsonl` or, for an eval
-/// folder inside a run directory, from the run directory's.
-fn write_report(path: &Path, dir: &Path, metrics: &MetricsFile) -> anyhow::Result<()> {
-    let mut curves = read_loss_curves(dir)?;
-    if curves.is_empty() {
-        if let Some(parent) = dir.parent() {
-            curves = read_loss_curves(parent)?;
-        }
-    }
-    let run = ReportRun {
-        label: dir.file_name().map_or_else(
-            || dir.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        ),
-        metrics: metrics.clone(),
-        loss_curves: curves,
-    };
-    let html = render_report("mirrorsim evaluation", &[run]);
-    mirrorsim_data::io::write_atomic(path, |w| w.write_all(html.as_bytes()))?;
-    Ok(())
 }

@@ -19,12 +19,11 @@ use mirrorsim_distill::{
     distill, generate_rationales, score_rationales, write_distill, DistillConfig, GenerateConfig,
     Journal, JournaledBackend, RationaleRecord, Role, ScoreConfig, ScoreRecord,
 };
-use mirrorsim_eval::agent4rec::{select_cases, RATIOS};
+use mirrorsim_eval::agent4rec::select_cases;
 use mirrorsim_eval::evaluate::{
-    baseline_metrics, baseline_predictions, resolve_cutoff, simulator_predictor_metrics,
-    write_outputs,
+    coverage_notes, resolve_cutoff, score_baselines, simulator_predictor_metrics,
 };
-use mirrorsim_eval::report::{read_loss_curves, render_report, ReportRun};
+use mirrorsim_eval::report::read_loss_curves;
 use mirrorsim_eval::simulate::score_simulator;
 use mirrorsim_eval::{
     BaselineConfig, BaselineKind, FittedBaselines, MetricsFile, Mode, PredictionLine,
@@ -38,6 +37,8 @@ use mirrorsim_llm::Backend;
 use mirrorsim_train::optim::AdamWConfig;
 use mirrorsim_train::runs::{run_dpo, run_sft, RunPaths};
 use mirrorsim_train::session::TrainConfig;
+
+use crate::commands::eval::{print_metrics, write_eval_folder};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -1205,41 +1206,24 @@ impl Runner<'_> {
             )?;
             timings.insert("baselines_fit".to_owned(), started.elapsed().as_secs_f64());
             interactions_before_cutoff = Some(fitted.interactions_before_cutoff);
-            notes.push(format!(
-                "baseline distributions are softmax(score / {}) with an untuned temperature: \
-                 their NLL, Brier and ECE depend on it, their accuracy does not",
-                section.baseline.temperature
-            ));
             let started = Instant::now();
-            for &kind in &kinds {
-                let predictions =
-                    baseline_predictions(&fitted, kind, &scenes, section.repeats, section.seed)?;
-                predictors.push(baseline_metrics(kind, &scenes, &predictions, &cases)?);
-                lines.extend(predictions.into_iter().map(|prediction| PredictionLine {
-                    predictor: kind.name().to_owned(),
-                    prediction,
-                }));
-            }
+            let baselines = score_baselines(
+                &fitted,
+                &kinds,
+                &scenes,
+                &cases,
+                section.repeats,
+                section.seed,
+            )?;
+            predictors.extend(baselines.predictors);
+            lines.extend(baselines.lines);
+            notes.extend(baselines.note);
             timings.insert(
                 "baselines_score".to_owned(),
                 started.elapsed().as_secs_f64(),
             );
         }
-        let max_options = scenes.iter().map(|s| s.options.len()).max().unwrap_or(0);
-        let left_out: Vec<String> = RATIOS
-            .iter()
-            .filter(|&&m| m + 1 > max_options)
-            .map(|m| format!("1:{m}"))
-            .collect();
-        if section.agent4rec && !left_out.is_empty() {
-            notes.push(format!(
-                "Agent4Rec ratios {} left out: the scenes have at most {max_options} options",
-                left_out.join(", ")
-            ));
-        }
-        notes.push(
-            "rating MAE/RMSE is not computed: the scenes hold no rating of the decision".to_owned(),
-        );
+        notes.extend(coverage_notes(&scenes, section.agent4rec));
         let metrics = MetricsFile {
             scenes_file: scenes_path.display().to_string(),
             scenes: scenes.len(),
@@ -1257,37 +1241,19 @@ impl Runner<'_> {
             llm_requests_from_journal: Some(hits),
             llm_requests_sent: Some(misses),
         };
-        let written = write_outputs(&dir, &metrics, &lines)?;
-        let report_path = dir.join("report.html");
-        let run = ReportRun {
-            label: p.run_dir.file_name().map_or_else(
-                || p.run_dir.display().to_string(),
-                |n| n.to_string_lossy().into_owned(),
-            ),
-            metrics: metrics.clone(),
-            loss_curves: read_loss_curves(&p.run_dir)?,
-        };
-        let html = render_report("mirrorsim run", &[run]);
-        mirrorsim_data::io::write_atomic(&report_path, |w| w.write_all(html.as_bytes()))
-            .with_context(|| format!("writing {}", report_path.display()))?;
+        let label = p.run_dir.file_name().map_or_else(
+            || p.run_dir.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let curves = read_loss_curves(&p.run_dir)?;
+        let written = write_eval_folder(&dir, &metrics, &lines, "mirrorsim run", label, curves)?;
         println!(
             "eval: {} scenes ({hits} LLM requests from the journal, {misses} sent) → {}",
             metrics.scenes,
             dir.display()
         );
-        for predictor in &metrics.predictors {
-            let m = &predictor.metrics;
-            println!(
-                "  {:<24} accuracy {:.4} [{:.4}, {:.4}]  NLL {:.4} bits  ECE {:.4}",
-                predictor.name, m.accuracy, m.ci_low, m.ci_high, m.nll_bits, m.ece
-            );
-        }
-        println!(
-            "  wrote {}, {} and {}",
-            written.metrics.display(),
-            written.predictions.display(),
-            report_path.display()
-        );
+        print_metrics(&metrics, "  ");
+        println!("  wrote {written}");
         self.mark_done("eval", fingerprint)
     }
 
