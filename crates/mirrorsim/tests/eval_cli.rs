@@ -283,3 +283,96 @@ fn eval_fits_the_hybrid_and_compares_the_prior_in_the_prompt() {
         .iter()
         .any(|n| n.as_str().unwrap().starts_with("prior in the prompt")));
 }
+
+/// `--endpoint`: the simulator behind an OpenAI-compatible server (the mirrorsim server library
+/// serving the default model on a free loopback port) gives the local engine's distributions
+/// within 1e-3 (the server reports top logprobs rounded through JSON and its own batching).
+#[test]
+fn eval_against_an_endpoint_matches_the_local_engine() {
+    let model = mirrorsim_llm::default_model::default_model_path().expect("the default model");
+    let dir = tempfile::tempdir().unwrap();
+    let scenes_dir = dir.path().join("scenes");
+    mirrorsim(
+        &[
+            "scenes",
+            "--source",
+            "movielens:../../data/ml-latest-small",
+            "--max-train",
+            "0",
+            "--max-eval",
+            "4",
+            "--eval-options",
+            "4",
+            "--negatives",
+            "random=1",
+            "--seed",
+            "8",
+            "--out",
+        ],
+        &[&scenes_dir],
+    );
+    let scenes = scenes_dir.join("scenes.eval.jsonl");
+    let common = ["--no-rotations", "--no-agent4rec", "--baselines", "none"];
+    let local = eval(&scenes, &model, &dir.path().join("local"), &common);
+
+    let engine =
+        mirrorsim_llm::engine::LocalEngine::load(&model, Default::default()).expect("the engine");
+    let server = mirrorsim_serve::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        std::sync::Arc::new(engine),
+        "smollm2",
+    )
+    .unwrap();
+    let remote_out = dir.path().join("remote");
+    let output = Command::new(env!("CARGO_BIN_EXE_mirrorsim"))
+        .args(["eval", "--mode", "direct", "--repeats", "3", "--json"])
+        .args(common)
+        .args([
+            "--endpoint",
+            &server.base_url(),
+            "--served-model",
+            "smollm2",
+        ])
+        .arg("--scenes")
+        .arg(&scenes)
+        .arg("--out")
+        .arg(&remote_out)
+        .output()
+        .expect("run mirrorsim eval");
+    assert!(
+        output.status.success(),
+        "eval --endpoint failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let remote: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(remote["scenes"], 4);
+    assert_eq!(remote["llm_requests_sent"], 4);
+    assert!(remote["model"].as_str().unwrap().contains("smollm2"));
+    let distributions = |dir: &Path| -> Vec<Vec<f64>> {
+        std::fs::read_to_string(dir.join("predictions.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .map(|v| {
+                v["distribution"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.as_f64().unwrap())
+                    .collect()
+            })
+            .collect()
+    };
+    let (ours, theirs) = (
+        distributions(&dir.path().join("local")),
+        distributions(&remote_out),
+    );
+    assert_eq!(ours.len(), 4);
+    for (a, b) in ours.iter().zip(&theirs) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-3, "{a:?} vs {b:?}");
+        }
+    }
+    assert_eq!(local["scenes"], remote["scenes"]);
+    server.shutdown().unwrap();
+}

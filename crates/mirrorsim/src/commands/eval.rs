@@ -28,6 +28,7 @@ use mirrorsim_eval::{
     SimulatorConfig,
 };
 use mirrorsim_llm::engine::{EngineOptions, LocalEngine};
+use mirrorsim_llm::http::{HttpBackend, HttpConfig};
 use mirrorsim_llm::Backend;
 
 #[derive(Debug, Args)]
@@ -37,12 +38,27 @@ pub struct EvalArgs {
     scenes: PathBuf,
     /// The simulator: a GGUF file or HF model directory, `default` for SmolLM2-135M-Instruct,
     /// or `none` for baselines only.
-    #[arg(long)]
-    model: String,
+    #[arg(
+        long,
+        required_unless_present = "endpoint",
+        conflicts_with = "endpoint"
+    )]
+    model: Option<String>,
     /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors) applied
     /// on top of --model.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "endpoint")]
     adapter: Option<PathBuf>,
+    /// The simulator behind an OpenAI-compatible server instead (vLLM, SGLang, llama.cpp,
+    /// `mirrorsim serve-llm`), e.g. http://127.0.0.1:8000/v1; the API key is read from
+    /// $OPENAI_API_KEY. Label probabilities come from the server's top logprobs.
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// The served model name sent to --endpoint.
+    #[arg(long, requires = "endpoint")]
+    served_model: Option<String>,
+    /// Most requests in flight against --endpoint.
+    #[arg(long, default_value_t = 8, requires = "endpoint")]
+    concurrency: usize,
     /// direct: one forward after `Behavior: [`; rationale: R generated rationales, each scored.
     #[arg(long, default_value = "direct")]
     mode: String,
@@ -146,14 +162,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let (mut model_id, mut mode_name) = (None, None);
     let (mut journal_hits, mut journal_misses) = (None, None);
 
+    let uses_llm = args.endpoint.is_some() || args.model.as_deref() != Some("none");
     let hybrid_path = args.out.join("hybrid.json");
     let requested_prior = args.prior.as_deref().map(parse_prior).transpose()?;
-    let loaded_hybrid =
-        if args.validation_scenes.is_none() && args.model != "none" && hybrid_path.is_file() {
-            Some(read_hybrid_file(&hybrid_path)?)
-        } else {
-            None
-        };
+    let loaded_hybrid = if args.validation_scenes.is_none() && uses_llm && hybrid_path.is_file() {
+        Some(read_hybrid_file(&hybrid_path)?)
+    } else {
+        None
+    };
     if let (Some(prior), Some(file)) = (requested_prior, &loaded_hybrid) {
         if file.prior != prior {
             bail!(
@@ -173,7 +189,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if args.validation_scenes.is_some() && requested_prior.is_none() {
         bail!("--validation-scenes fits the hybrid: pass --prior knn|ease|popularity too");
     }
-    if hybrid_prior.is_some() && args.model == "none" {
+    if hybrid_prior.is_some() && !uses_llm {
         bail!("the hybrid simulator needs a --model");
     }
     let (cutoff, cutoff_source) = resolve_cutoff(&args.scenes, &scenes, args.cutoff)?;
@@ -228,28 +244,17 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let mut llm_distributions: Vec<Vec<f64>> = Vec::new();
     let mut validation_llm: Vec<Vec<f64>> = Vec::new();
     let mut simulator_name = String::new();
-    let mut loaded: Option<(LocalEngine, Journal)> = None;
+    let mut loaded: Option<(Box<dyn Backend>, Journal)> = None;
 
-    if args.model == "none" && args.adapter.is_some() {
+    if !uses_llm && args.adapter.is_some() {
         bail!("--adapter needs a --model to apply it to");
     }
-    if args.model != "none" {
+    if uses_llm {
         let started = Instant::now();
-        let path = if args.model == "default" {
-            mirrorsim_llm::default_model::default_model_path()?
-        } else {
-            PathBuf::from(&args.model)
-        };
-        eprintln!("loading {}", path.display());
-        let options = EngineOptions {
-            adapter: args.adapter.clone(),
-            ..EngineOptions::default()
-        };
-        let engine = LocalEngine::load(&path, options)
-            .with_context(|| format!("loading the model {}", path.display()))?;
+        let engine = load_simulator(&args)?;
         timings.insert("model_load".to_owned(), started.elapsed().as_secs_f64());
         let journal = Journal::open(&args.out.join("journal.sqlite"))?;
-        let journaled = JournaledBackend::new(&engine, &journal);
+        let journaled = JournaledBackend::new(engine.as_ref(), &journal);
         let config = SimulatorConfig {
             mode,
             repeats: args.repeats,
@@ -383,7 +388,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
                 let prompt_hint = match (&loaded, args.prior_in_prompt) {
                     (Some((engine, journal)), true) => {
                         let hinted = hinted_scenes(&validation_fitted, prior, &split.scenes)?;
-                        let backend = JournaledBackend::new(engine, journal);
+                        let backend = JournaledBackend::new(engine.as_ref(), journal);
                         let output = score_simulator(&hinted, &backend, &hint_config, &[])?;
                         timings.insert("validation_prompt_hint_scoring".to_owned(), output.wall_s);
                         let distributions: Vec<Vec<f64>> = output
@@ -513,7 +518,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         timings.insert("hybrid".to_owned(), started.elapsed().as_secs_f64());
         if let (true, Some((engine, journal))) = (args.prior_in_prompt, &loaded) {
             let hinted = hinted_scenes(fitted, prior, &scenes)?;
-            let backend = JournaledBackend::new(engine, journal);
+            let backend = JournaledBackend::new(engine.as_ref(), journal);
             let output = score_simulator(&hinted, &backend, &hint_config, &[])?;
             timings.insert("prompt_hint_scoring".to_owned(), output.wall_s);
             let name = format!("{simulator_name} + {prior} hint in prompt");
@@ -573,6 +578,31 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     print_metrics(&metrics, "");
     println!("wrote {written}");
     Ok(())
+}
+
+/// The simulator of --model (with --adapter) or --endpoint.
+fn load_simulator(args: &EvalArgs) -> anyhow::Result<Box<dyn Backend>> {
+    if let Some(url) = &args.endpoint {
+        let config = HttpConfig {
+            max_concurrency: args.concurrency,
+            ..HttpConfig::new(url.clone(), args.served_model.clone().unwrap_or_default())
+        };
+        let backend = HttpBackend::new(config)
+            .with_context(|| format!("configuring the HTTP backend {url}"))?;
+        return Ok(Box::new(backend));
+    }
+    let path = match args.model.as_deref() {
+        Some("default") | None => mirrorsim_llm::default_model::default_model_path()?,
+        Some(path) => PathBuf::from(path),
+    };
+    eprintln!("loading {}", path.display());
+    let options = EngineOptions {
+        adapter: args.adapter.clone(),
+        ..EngineOptions::default()
+    };
+    let engine = LocalEngine::load(&path, options)
+        .with_context(|| format!("loading the model {}", path.display()))?;
+    Ok(Box::new(engine))
 }
 
 /// `DIR/metrics.json`, `DIR/predictions.jsonl` and `DIR/report.html` (loss curves beside the
