@@ -12,6 +12,7 @@ use crate::agent4rec::{ranking_metrics, simulator_metrics, Agent4RecCase};
 use crate::baselines::{BaselineConfig, BaselineKind, FittedBaselines};
 use crate::error::EvalError;
 use crate::metrics::{choice_metrics, BinaryMetrics, ChoiceMetrics, ScenePrediction};
+use crate::rating::RatingMetrics;
 use crate::simulate::{draw_samples, SimulatorOutput};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +58,9 @@ pub struct MetricsFile {
     pub llm_requests_from_journal: Option<u64>,
     #[serde(default)]
     pub llm_requests_sent: Option<u64>,
+    /// Rating prediction of the decisions that carry a rating (`--ratings`), per predictor.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ratings: Vec<RatingMetrics>,
 }
 
 /// One line of `predictions.jsonl`.
@@ -187,7 +191,7 @@ pub fn score_baselines(
 }
 
 /// The notes every metrics file carries about what was not measured on these scenes.
-pub fn coverage_notes(scenes: &[SceneRecord], agent4rec: bool) -> Vec<String> {
+pub fn coverage_notes(scenes: &[SceneRecord], agent4rec: bool, ratings: bool) -> Vec<String> {
     let mut notes = Vec::new();
     let max_options = scenes.iter().map(|s| s.options.len()).max().unwrap_or(0);
     let left_out: Vec<String> = crate::agent4rec::RATIOS
@@ -201,9 +205,12 @@ pub fn coverage_notes(scenes: &[SceneRecord], agent4rec: bool) -> Vec<String> {
             left_out.join(", ")
         ));
     }
-    notes.push(
-        "rating MAE/RMSE is not computed: the scenes hold no rating of the decision".to_owned(),
-    );
+    if !ratings {
+        notes.push(
+            "rating MAE/RMSE is not computed (pass --ratings with a catalog that has ratings)"
+                .to_owned(),
+        );
+    }
     notes
 }
 

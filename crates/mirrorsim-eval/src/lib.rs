@@ -7,6 +7,7 @@
 //! - [`simulate`]: scoring a simulator through any `Backend` (direct or rationale mode).
 //! - [`slate`]: the simulator facing arbitrary slates (the service, recommender-in-the-loop).
 //! - [`hybrid`]: the LLM's distribution times a collaborative prior, fitted on validation.
+//! - [`rating`]: rating prediction MAE/RMSE of the simulator beside bias baselines.
 //! - [`evaluate`]: `metrics.json` and `predictions.jsonl`.
 //! - [`report`]: a self-contained HTML page with inline SVG plots.
 
@@ -17,6 +18,7 @@ pub mod evaluate;
 pub mod hybrid;
 pub mod linalg;
 pub mod metrics;
+pub mod rating;
 pub mod report;
 pub mod simulate;
 pub mod slate;

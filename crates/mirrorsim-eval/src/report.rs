@@ -233,6 +233,34 @@ pub fn render_report(title: &str, runs: &[ReportRun]) -> String {
     }
     html.push_str("</table>\n");
 
+    if runs.iter().any(|r| !r.metrics.ratings.is_empty()) {
+        html.push_str(
+            "<h2>Rating prediction</h2>\n<table><tr><th>predictor</th><th>ratings</th>\
+             <th>MAE</th><th>RMSE</th><th>mean predicted</th><th>mean real</th></tr>\n",
+        );
+        for run in runs {
+            for r in &run.metrics.ratings {
+                let name = if several {
+                    format!("{} · {}", run.label, r.predictor)
+                } else {
+                    r.predictor.clone()
+                };
+                let _ = writeln!(
+                    html,
+                    "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.3}</td>\
+                     <td>{:.3}</td></tr>",
+                    escape(&name),
+                    r.cases,
+                    r.mae,
+                    r.rmse,
+                    r.mean_predicted,
+                    r.mean_real
+                );
+            }
+        }
+        html.push_str("</table>\n");
+    }
+
     html.push_str("<h2>Calibration</h2>\n");
     html.push_str(&reliability_chart(&rows, several));
     html.push_str(

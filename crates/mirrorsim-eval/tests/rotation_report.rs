@@ -158,6 +158,7 @@ fn report_numbers_equal_metrics_json() {
         timings: BTreeMap::new(),
         llm_requests_from_journal: None,
         llm_requests_sent: None,
+        ratings: Vec::new(),
     };
     let dir = tempfile::tempdir().unwrap();
     let paths = write_outputs(dir.path(), &metrics, &lines).unwrap();

@@ -313,7 +313,27 @@ fn eval_against_an_endpoint_matches_the_local_engine() {
     );
     let scenes = scenes_dir.join("scenes.eval.jsonl");
     let common = ["--no-rotations", "--no-agent4rec", "--baselines", "none"];
-    let local = eval(&scenes, &model, &dir.path().join("local"), &common);
+    let mut with_ratings = common.to_vec();
+    with_ratings.push("--ratings");
+    let local = eval(&scenes, &model, &dir.path().join("local"), &with_ratings);
+    // Rating prediction: the simulator's expected rating and four bias baselines, on the 4
+    // decisions (every ml-latest-small interaction has a rating).
+    let ratings = local["ratings"].as_array().unwrap();
+    assert_eq!(ratings.len(), 5);
+    assert!(ratings[0]["predictor"]
+        .as_str()
+        .unwrap()
+        .ends_with("(expected rating)"));
+    for r in ratings {
+        assert_eq!(r["cases"], 4);
+        let (mae, rmse) = (r["mae"].as_f64().unwrap(), r["rmse"].as_f64().unwrap());
+        assert!((0.0..=4.5).contains(&mae) && mae <= rmse + 1e-12, "{r}");
+        let predicted = r["mean_predicted"].as_f64().unwrap();
+        assert!((1.0..=5.0).contains(&predicted), "{r}");
+    }
+    assert_eq!(local["llm_requests_sent"], 4 + 4);
+    let html = std::fs::read_to_string(dir.path().join("local").join("report.html")).unwrap();
+    assert!(html.contains("<h2>Rating prediction</h2>") && html.contains("user + item biases"));
 
     let engine =
         mirrorsim_llm::engine::LocalEngine::load(&model, Default::default()).expect("the engine");

@@ -19,20 +19,24 @@ use crate::scenes::split::history_before;
 use crate::scenes::{HistoryEntry, SceneConfig, SceneRecord, MAX_OPTIONS, POSITIVE_SOURCE};
 
 /// The template files, by name; each may be overridden in a prompts folder.
-pub const TEMPLATE_NAMES: [&str; 5] = [
+pub const TEMPLATE_NAMES: [&str; 7] = [
     "scene.j2",
     "rationale_system.j2",
     "rationale_user.j2",
     "direct_system.j2",
     "direct_user.j2",
+    "rating_system.j2",
+    "rating_user.j2",
 ];
 
-const EMBEDDED: [&str; 5] = [
+const EMBEDDED: [&str; 7] = [
     include_str!("../../../../prompts/scene.j2"),
     include_str!("../../../../prompts/rationale_system.j2"),
     include_str!("../../../../prompts/rationale_user.j2"),
     include_str!("../../../../prompts/direct_system.j2"),
     include_str!("../../../../prompts/direct_user.j2"),
+    include_str!("../../../../prompts/rating_system.j2"),
+    include_str!("../../../../prompts/rating_user.j2"),
 ];
 
 /// Reviews longer than this many characters are cut (with "…") in prompts.

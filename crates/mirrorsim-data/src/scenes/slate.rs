@@ -83,6 +83,15 @@ pub struct SlatePrompt {
     pub direct_messages: Vec<ChatMessage>,
 }
 
+/// The rating-prediction prompt of one user and one chosen item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RatingPrompt {
+    /// The rating levels the answer may name, lowest first ("1" … "5").
+    pub levels: Vec<String>,
+    /// System + user.
+    pub messages: Vec<ChatMessage>,
+}
+
 /// A catalog ready to answer slate prompts: its per-user index, item details and templates.
 #[derive(Debug)]
 pub struct SlateCatalog {
@@ -92,6 +101,8 @@ pub struct SlateCatalog {
     history_len: usize,
     item_details: Vec<String>,
     rating_scale: Option<f32>,
+    /// Whole-number rating levels within the catalog's ratings (ceil(min) ..= floor(max)).
+    rating_levels: Vec<String>,
 }
 
 impl SlateCatalog {
@@ -109,6 +120,18 @@ impl SlateCatalog {
         let index = UserIndex::build(&catalog);
         let item_details = catalog.items.iter().map(item_details).collect();
         let rating_scale = rating_scale(&catalog);
+        let lowest = catalog
+            .interactions
+            .iter()
+            .filter_map(|i| i.rating)
+            .fold(f32::INFINITY, f32::min);
+        let rating_levels = match rating_scale {
+            Some(highest) if lowest.is_finite() => (lowest.ceil().max(0.0) as u32
+                ..=highest.floor().max(0.0) as u32)
+                .map(|r| r.to_string())
+                .collect(),
+            _ => Vec::new(),
+        };
         Ok(SlateCatalog {
             catalog,
             index,
@@ -116,6 +139,7 @@ impl SlateCatalog {
             history_len,
             item_details,
             rating_scale,
+            rating_levels,
         })
     }
 
@@ -188,6 +212,42 @@ impl SlateCatalog {
         })
     }
 
+    /// The whole-number rating levels of the catalog (empty when it holds no ratings).
+    pub fn rating_levels(&self) -> &[String] {
+        &self.rating_levels
+    }
+
+    /// The prompt asking `user` to rate `item`, which they have just chosen: the scene template
+    /// with the item as the only option, then the rating templates. Fails when the catalog has
+    /// fewer than two whole-number rating levels.
+    pub fn render_rating(
+        &self,
+        user: &SlateUser,
+        item: &SlateItem,
+    ) -> Result<RatingPrompt, DataError> {
+        if self.rating_levels.len() < 2 {
+            return Err(DataError::Config(format!(
+                "the catalog `{}` has no rating scale of two or more whole-number levels",
+                self.catalog.name
+            )));
+        }
+        let labels = labels(1);
+        let scene_text = self.scene_text(user, &[item], &labels)?;
+        let dataset = self.catalog.name.as_str();
+        let view = RatingView {
+            dataset,
+            levels: &self.rating_levels,
+            scene: &scene_text,
+        };
+        Ok(RatingPrompt {
+            levels: self.rating_levels.clone(),
+            messages: vec![
+                ChatMessage::new("system", self.prompts.render(5, &view)?),
+                ChatMessage::new("user", self.prompts.render(6, &view)?),
+            ],
+        })
+    }
+
     /// Renders both prompts for `user` facing `items` (plus "none of these" last when
     /// `none_option`). Fails on an empty slate, more than 26 options in all, or a repeated id.
     pub fn render(
@@ -232,11 +292,43 @@ impl SlateCatalog {
         };
         let rationale_system = self.prompts.render(1, &system)?;
         let direct_system = self.prompts.render(3, &system)?;
-        let from_catalog = self.catalog.user_idx(&user.id).is_some();
-        let view = SceneView {
+        let scene_text = self.scene_text(user, &options, &labels)?;
+        let user_view = UserPromptView {
             dataset,
             k,
             labels: &labels,
+            scene: &scene_text,
+        };
+        let rationale_user = self.prompts.render(2, &user_view)?;
+        let direct_user = self.prompts.render(4, &user_view)?;
+        Ok(SlatePrompt {
+            item_ids: options.iter().map(|o| o.id.clone()).collect(),
+            labels,
+            messages: vec![
+                ChatMessage::new("system", rationale_system),
+                ChatMessage::new("user", rationale_user),
+            ],
+            direct_messages: vec![
+                ChatMessage::new("system", direct_system),
+                ChatMessage::new("user", direct_user),
+            ],
+        })
+    }
+}
+
+impl SlateCatalog {
+    /// `scene.j2` for `user` facing `options` under `labels`.
+    fn scene_text(
+        &self,
+        user: &SlateUser,
+        options: &[&SlateItem],
+        labels: &[String],
+    ) -> Result<String, DataError> {
+        let from_catalog = self.catalog.user_idx(&user.id).is_some();
+        let view = SceneView {
+            dataset: self.catalog.name.as_str(),
+            k: options.len(),
+            labels,
             user: UserView {
                 id: &user.id,
                 attributes: user
@@ -270,7 +362,7 @@ impl SlateCatalog {
                 .collect(),
             options: options
                 .iter()
-                .zip(&labels)
+                .zip(labels)
                 .map(|(o, label)| OptionView {
                     item_id: &o.id,
                     label,
@@ -279,28 +371,15 @@ impl SlateCatalog {
                 })
                 .collect(),
         };
-        let scene_text = self.prompts.render(0, &view)?;
-        let user_view = UserPromptView {
-            dataset,
-            k,
-            labels: &labels,
-            scene: &scene_text,
-        };
-        let rationale_user = self.prompts.render(2, &user_view)?;
-        let direct_user = self.prompts.render(4, &user_view)?;
-        Ok(SlatePrompt {
-            item_ids: options.iter().map(|o| o.id.clone()).collect(),
-            labels,
-            messages: vec![
-                ChatMessage::new("system", rationale_system),
-                ChatMessage::new("user", rationale_user),
-            ],
-            direct_messages: vec![
-                ChatMessage::new("system", direct_system),
-                ChatMessage::new("user", direct_user),
-            ],
-        })
+        self.prompts.render(0, &view)
     }
+}
+
+#[derive(Serialize)]
+struct RatingView<'a> {
+    dataset: &'a str,
+    levels: &'a [String],
+    scene: &'a str,
 }
 
 #[cfg(test)]
@@ -382,7 +461,10 @@ mod tests {
         let noted = annotate_options(&record, &[None, Some("a hint".to_owned()), None]).unwrap();
         for (before, after) in [
             (&record.messages[1].content, &noted.messages[1].content),
-            (&record.direct_messages[1].content, &noted.direct_messages[1].content),
+            (
+                &record.direct_messages[1].content,
+                &noted.direct_messages[1].content,
+            ),
         ] {
             let changed: Vec<(&str, &str)> = before
                 .lines()
@@ -434,6 +516,33 @@ mod tests {
         assert!(slates.render(&user, &many, false).is_ok());
         let err = slates.render(&user, &many, true).unwrap_err();
         assert!(err.to_string().contains("at most 26"), "{err}");
+    }
+
+    #[test]
+    fn the_rating_prompt_shows_history_the_item_and_the_levels() {
+        let slates = SlateCatalog::new(catalog(), PromptSet::embedded().unwrap(), 5).unwrap();
+        assert_eq!(slates.rating_levels(), ["3", "4", "5"]);
+        let user = slates.user("u1", Some(86_600)).unwrap();
+        let prompt = slates
+            .render_rating(&user, &slates.item("i3").unwrap())
+            .unwrap();
+        assert_eq!(prompt.levels, ["3", "4", "5"]);
+        let (system, text) = (&prompt.messages[0].content, &prompt.messages[1].content);
+        assert!(system.contains("Rating: [N]") && system.contains("3, 4, 5"), "{system}");
+        assert!(text.contains("you rated it 5/5"), "{text}");
+        assert!(text.contains("[A] Gamma (genres: Drama)"), "{text}");
+        assert!(text.ends_with("Answer only with \"Rating: [N]\"."), "{text}");
+
+        let mut unrated = catalog();
+        for i in &mut unrated.interactions {
+            i.rating = None;
+        }
+        let slates = SlateCatalog::new(unrated, PromptSet::embedded().unwrap(), 5).unwrap();
+        let user = slates.user("u1", None).unwrap();
+        let err = slates
+            .render_rating(&user, &slates.item("i3").unwrap())
+            .unwrap_err();
+        assert!(err.to_string().contains("no rating scale"), "{err}");
     }
 
     #[test]

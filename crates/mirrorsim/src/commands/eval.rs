@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use mirrorsim_data::scenes::read_jsonl;
+use mirrorsim_data::scenes::slate::SlateCatalog;
+use mirrorsim_data::scenes::{read_jsonl, PromptSet};
 use mirrorsim_data::{read_source, ReadOptions, SourceSpec};
 use mirrorsim_distill::{Journal, JournaledBackend};
 use mirrorsim_eval::agent4rec::select_cases;
@@ -20,6 +21,9 @@ use mirrorsim_eval::hybrid::{
     validation_split, write_hybrid_file, FitBounds, HybridFile, PromptHintFit, ValidationSplit,
 };
 use mirrorsim_eval::metrics::choice_metrics;
+use mirrorsim_eval::rating::{
+    expected_rating, rating_cases, rating_metrics, rating_requests, RatingBaselines,
+};
 use mirrorsim_eval::report::{read_loss_curves, render_report, LossCurve, ReportRun};
 use mirrorsim_eval::simulate::draw_samples;
 use mirrorsim_eval::simulate::score_simulator;
@@ -133,6 +137,11 @@ pub struct EvalArgs {
     /// the hybrid on the validation scenes (hybrid.json says which wins) and reported on eval.
     #[arg(long, requires = "validation_scenes")]
     prior_in_prompt: bool,
+    /// Also predict how the user rates the item they chose (where the catalog has ratings):
+    /// the simulator's expected rating after `Rating: [` and bias baselines fitted before the
+    /// cutoff, scored by MAE and RMSE.
+    #[arg(long, requires = "catalog")]
+    ratings: bool,
 }
 
 /// The collaborative prior of `--prior`.
@@ -161,6 +170,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let mut lines = Vec::new();
     let (mut model_id, mut mode_name) = (None, None);
     let (mut journal_hits, mut journal_misses) = (None, None);
+    // LLM requests of the passes after the main one (prompt hints, ratings).
+    let mut extra_requests = RequestCounts::default();
 
     let uses_llm = args.endpoint.is_some() || args.model.as_deref() != Some("none");
     let hybrid_path = args.out.join("hybrid.json");
@@ -193,7 +204,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         bail!("the hybrid simulator needs a --model");
     }
     let (cutoff, cutoff_source) = resolve_cutoff(&args.scenes, &scenes, args.cutoff)?;
-    let catalog = if !kinds.is_empty() || hybrid_prior.is_some() {
+    let catalog = if !kinds.is_empty() || hybrid_prior.is_some() || args.ratings {
         let spec: SourceSpec = args
             .catalog
             .as_deref()
@@ -390,6 +401,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
                         let hinted = hinted_scenes(&validation_fitted, prior, &split.scenes)?;
                         let backend = JournaledBackend::new(engine.as_ref(), journal);
                         let output = score_simulator(&hinted, &backend, &hint_config, &[])?;
+                        extra_requests.add(&backend);
                         timings.insert("validation_prompt_hint_scoring".to_owned(), output.wall_s);
                         let distributions: Vec<Vec<f64>> = output
                             .predictions
@@ -400,7 +412,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
                         let compared =
                             PromptHintFit::compare(prior, &distributions, &answers, &fit)?;
                         eprintln!(
-                            "prior in the prompt: validation NLL {:.4} nats vs the hybrid's                              {:.4}; {} wins",
+                            "prior in the prompt: validation NLL {:.4} nats vs the hybrid's {:.4}; {} wins",
                             compared.nll_nats_prompt_hint,
                             compared.nll_nats_hybrid,
                             compared.winner
@@ -520,6 +532,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             let hinted = hinted_scenes(fitted, prior, &scenes)?;
             let backend = JournaledBackend::new(engine.as_ref(), journal);
             let output = score_simulator(&hinted, &backend, &hint_config, &[])?;
+            extra_requests.add(&backend);
             timings.insert("prompt_hint_scoring".to_owned(), output.wall_s);
             let name = format!("{simulator_name} + {prior} hint in prompt");
             predictors.push(simulator_predictor_metrics(&name, &hinted, &output, &[])?);
@@ -534,7 +547,57 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             );
         }
     }
-    notes.extend(coverage_notes(&scenes, !args.no_agent4rec));
+    let mut ratings = Vec::new();
+    if let (true, Some(catalog)) = (args.ratings, &catalog) {
+        let started = Instant::now();
+        let cases = rating_cases(catalog, &scenes);
+        if cases.is_empty() {
+            bail!(
+                "--ratings: none of the {} scenes' decisions carries a rating in {}",
+                scenes.len(),
+                catalog.name
+            );
+        }
+        if let Some((engine, journal)) = &loaded {
+            let history_len = scenes.iter().map(|s| s.history.len()).max().unwrap_or(0);
+            let slates =
+                SlateCatalog::new(catalog.clone(), PromptSet::embedded()?, history_len.max(1))?;
+            let requests = rating_requests(&slates, &cases)?;
+            let backend = JournaledBackend::new(engine.as_ref(), journal);
+            let mut predicted = Vec::with_capacity(cases.len());
+            for batch in requests.chunks(8) {
+                for (request, answer) in batch.iter().zip(backend.score_choices(batch)?) {
+                    let distribution = answer
+                        .distributions
+                        .first()
+                        .context("the backend answered a rating request with no distribution")?;
+                    predicted.push(expected_rating(&request.labels, distribution)?);
+                }
+            }
+            extra_requests.add(&backend);
+            ratings.push(rating_metrics(
+                &format!("{simulator_name} (expected rating)"),
+                &cases,
+                &predicted,
+            )?);
+        }
+        let rating_baselines = RatingBaselines::fit(catalog, cutoff)?;
+        for (name, predicted) in rating_baselines.predict(&cases) {
+            ratings.push(rating_metrics(name, &cases, &predicted)?);
+        }
+        notes.push(format!(
+            "rating prediction: {} of {} scenes' decisions carry a rating; baselines fitted on \
+             ratings before the cutoff",
+            cases.len(),
+            scenes.len()
+        ));
+        timings.insert("ratings".to_owned(), started.elapsed().as_secs_f64());
+    }
+    notes.extend(coverage_notes(
+        &scenes,
+        !args.no_agent4rec,
+        !ratings.is_empty(),
+    ));
 
     let metrics = MetricsFile {
         scenes_file: args.scenes.display().to_string(),
@@ -550,8 +613,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         predictors,
         notes,
         timings,
-        llm_requests_from_journal: journal_hits,
-        llm_requests_sent: journal_misses,
+        llm_requests_from_journal: journal_hits.map(|h| h + extra_requests.hits),
+        llm_requests_sent: journal_misses.map(|m| m + extra_requests.misses),
+        ratings,
     };
     let label = args.out.file_name().map_or_else(
         || args.out.display().to_string(),
@@ -576,8 +640,29 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     print_metrics(&metrics, "");
+    for r in &metrics.ratings {
+        println!(
+            "rating: {:<40} MAE {:.4}  RMSE {:.4}  ({} ratings, mean predicted {:.3}, real {:.3})",
+            r.predictor, r.mae, r.rmse, r.cases, r.mean_predicted, r.mean_real
+        );
+    }
     println!("wrote {written}");
     Ok(())
+}
+
+/// Journal hits and misses summed over several journaled passes.
+#[derive(Debug, Default)]
+struct RequestCounts {
+    hits: u64,
+    misses: u64,
+}
+
+impl RequestCounts {
+    fn add(&mut self, backend: &JournaledBackend<'_>) {
+        let counts = backend.counts();
+        self.hits += counts.hits;
+        self.misses += counts.misses;
+    }
 }
 
 /// The simulator of --model (with --adapter) or --endpoint.

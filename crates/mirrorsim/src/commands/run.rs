@@ -1223,7 +1223,7 @@ impl Runner<'_> {
                 started.elapsed().as_secs_f64(),
             );
         }
-        notes.extend(coverage_notes(&scenes, section.agent4rec));
+        notes.extend(coverage_notes(&scenes, section.agent4rec, false));
         let metrics = MetricsFile {
             scenes_file: scenes_path.display().to_string(),
             scenes: scenes.len(),
@@ -1240,6 +1240,7 @@ impl Runner<'_> {
             timings,
             llm_requests_from_journal: Some(hits),
             llm_requests_sent: Some(misses),
+            ratings: Vec::new(),
         };
         let label = p.run_dir.file_name().map_or_else(
             || p.run_dir.display().to_string(),
