@@ -2,6 +2,7 @@
 # Hybrid simulator tables of FIDELITY.md (issue 8): the LLM alone, each prior alone (temperature
 # fitted on validation) and the hybrid, on ML-1M eval scenes with
 #   (1) popularity-weighted negatives, and
+# with rating prediction (MAE/RMSE) on the same eval decisions, and
 #   (2) a cold-start slice: eval scenes whose real item had fewer than 5 distinct pre-cutoff users
 #       (random negatives; a targeted sample, since a plain sample of 500 holds none).
 # Validation scenes come from the last 10 % of the pre-cutoff period (`--validation-scenes`),
@@ -47,6 +48,8 @@ hybrids() {  # set-name eval-scenes validation-scenes
         fi
         local hint=()
         if [[ " ${hint_priors//,/ } " == *" $prior "* ]]; then hint=(--prior-in-prompt); fi
+        # Rating prediction once per set, with the first prior.
+        if [[ "$prior" == knn ]]; then hint+=(--ratings); fi
         "$bin" --log warn eval --scenes "$eval" --model default --mode direct --repeats 5 "${hint[@]}" \
             --no-rotations --no-agent4rec --catalog "recbole:$data" --prior "$prior" \
             --validation-scenes "$val" --max-validation-scenes "$validation" \
@@ -60,8 +63,8 @@ scenes popularity/scenes-val popularity=1 0 4000 1
 hybrids popularity "$out/popularity/scenes/scenes.eval.jsonl" \
     "$out/popularity/scenes-val/scenes.train.jsonl"
 
-stamp "cold start: every eval decision, then the targeted sample"
-scenes cold/all random=1 1000000 0 0
+stamp "cold start: 30,000 eval decisions, then the targeted sample"
+scenes cold/all random=1 30000 0 0
 scenes cold/scenes-val random=1 0 4000 1
 python3 - "$data/ml-1m.inter.gz" "$out/cold/all" "$cold_scenes" <<'PY'
 import gzip, json, random, sys
