@@ -9,6 +9,7 @@
 
 pub mod batcher;
 pub mod openai;
+pub mod simulator;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -36,35 +37,29 @@ pub enum ServeError {
     Panicked(SocketAddr),
 }
 
-/// A listening socket with its router, not yet serving.
+/// A listening socket with its routes, not yet serving.
 pub struct BoundServer {
     listener: tokio::net::TcpListener,
     local_addr: SocketAddr,
-    backend: Arc<dyn Backend>,
-    options: ServerOptions,
-}
-
-/// Binds `addr` (port 0 picks a free port). Call inside a tokio runtime.
-pub async fn bind(
-    addr: SocketAddr,
-    backend: Arc<dyn Backend>,
-    options: ServerOptions,
-) -> Result<BoundServer, ServeError> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })?;
-    let local_addr = listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind { addr, source })?;
-    Ok(BoundServer {
-        listener,
-        local_addr,
-        backend,
-        options,
-    })
+    router: axum::Router,
 }
 
 impl BoundServer {
+    /// Binds `addr` (port 0 picks a free port) for `router`. Call inside a tokio runtime.
+    pub async fn bind(addr: SocketAddr, router: axum::Router) -> Result<Self, ServeError> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        Ok(BoundServer {
+            listener,
+            local_addr,
+            router,
+        })
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -76,12 +71,29 @@ impl BoundServer {
         F: Future<Output = ()> + Send + 'static,
     {
         let addr = self.local_addr;
-        let router = openai::router(self.backend, self.options);
-        axum::serve(self.listener, router)
+        axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(|source| ServeError::Serve { addr, source })
     }
+}
+
+/// The OpenAI-compatible server over `backend`, bound to `addr`. Call inside a tokio runtime.
+pub async fn bind(
+    addr: SocketAddr,
+    backend: Arc<dyn Backend>,
+    options: ServerOptions,
+) -> Result<BoundServer, ServeError> {
+    BoundServer::bind(addr, openai::router(backend, options)).await
+}
+
+fn runtime(thread_name: &str) -> Result<tokio::runtime::Runtime, ServeError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(thread_name)
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)
 }
 
 /// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
@@ -112,6 +124,21 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Serves the routes `make_router` builds (inside the runtime) on the calling thread until
+/// SIGINT or SIGTERM; `on_bound` is called with the bound address once the socket listens.
+pub fn run_until_signal(
+    addr: SocketAddr,
+    thread_name: &str,
+    make_router: impl FnOnce() -> Result<axum::Router, ServeError>,
+    on_bound: impl FnOnce(SocketAddr),
+) -> Result<(), ServeError> {
+    runtime(thread_name)?.block_on(async move {
+        let server = BoundServer::bind(addr, make_router()?).await?;
+        on_bound(server.local_addr());
+        server.run_until(shutdown_signal()).await
+    })
+}
+
 /// Serves on the calling thread until SIGINT or SIGTERM (what `mirrorsim serve-llm` runs);
 /// `on_bound` is called with the bound address once the socket listens.
 pub fn serve_until_signal(
@@ -120,54 +147,43 @@ pub fn serve_until_signal(
     options: ServerOptions,
     on_bound: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("mirrorsim-serve")
-        .build()
-        .map_err(ServeError::Runtime)?;
-    runtime.block_on(async move {
-        let server = bind(addr, backend, options).await?;
-        on_bound(server.local_addr());
-        server.run_until(shutdown_signal()).await
-    })
+    run_until_signal(
+        addr,
+        "mirrorsim-serve",
+        move || Ok(openai::router(backend, options)),
+        on_bound,
+    )
 }
 
 /// A server running on its own thread and runtime; dropping it shuts it down gracefully.
 pub struct RunningServer {
     local_addr: SocketAddr,
+    /// What [`RunningServer::base_url`] appends to the address (`/v1` for the OpenAI server).
+    base_path: &'static str,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), ServeError>>>,
 }
 
-/// Serves `backend` as `model_name` on `addr` from a background thread and returns once the
-/// socket is bound.
-pub fn serve(
+/// Serves the routes `make_router` builds (inside the server's runtime) on `addr` from a
+/// background thread; returns once the socket is bound.
+pub fn spawn_server(
     addr: SocketAddr,
-    backend: Arc<dyn Backend>,
-    model_name: impl Into<String>,
+    thread_name: &str,
+    base_path: &'static str,
+    make_router: impl FnOnce() -> Result<axum::Router, ServeError> + Send + 'static,
 ) -> Result<RunningServer, ServeError> {
-    serve_with(addr, backend, ServerOptions::new(model_name))
-}
-
-/// [`serve`] with every option.
-pub fn serve_with(
-    addr: SocketAddr,
-    backend: Arc<dyn Backend>,
-    options: ServerOptions,
-) -> Result<RunningServer, ServeError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("mirrorsim-serve")
-        .enable_all()
-        .build()
-        .map_err(ServeError::Runtime)?;
+    let runtime = runtime(thread_name)?;
     let (bound_tx, bound_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
-        .name(format!("mirrorsim-serve {addr}"))
+        .name(format!("{thread_name} {addr}"))
         .spawn(move || {
             runtime.block_on(async move {
-                let bound = match bind(addr, backend, options).await {
+                let bound = match make_router() {
+                    Ok(router) => BoundServer::bind(addr, router).await,
+                    Err(err) => Err(err),
+                };
+                let bound = match bound {
                     Ok(bound) => bound,
                     Err(err) => {
                         let _ = bound_tx.send(Err(err));
@@ -187,6 +203,7 @@ pub fn serve_with(
     match bound_rx.recv() {
         Ok(Ok(local_addr)) => Ok(RunningServer {
             local_addr,
+            base_path,
             stop: Some(stop_tx),
             thread: Some(thread),
         }),
@@ -201,14 +218,35 @@ pub fn serve_with(
     }
 }
 
+/// Serves `backend` as `model_name` on `addr` from a background thread and returns once the
+/// socket is bound.
+pub fn serve(
+    addr: SocketAddr,
+    backend: Arc<dyn Backend>,
+    model_name: impl Into<String>,
+) -> Result<RunningServer, ServeError> {
+    serve_with(addr, backend, ServerOptions::new(model_name))
+}
+
+/// [`serve`] with every option.
+pub fn serve_with(
+    addr: SocketAddr,
+    backend: Arc<dyn Backend>,
+    options: ServerOptions,
+) -> Result<RunningServer, ServeError> {
+    spawn_server(addr, "mirrorsim-serve", "/v1", move || {
+        Ok(openai::router(backend, options))
+    })
+}
+
 impl RunningServer {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
-    /// The OpenAI base URL, e.g. `http://127.0.0.1:8000/v1`.
+    /// The base URL, e.g. `http://127.0.0.1:8000/v1` for the OpenAI server.
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.local_addr)
+        format!("http://{}{}", self.local_addr, self.base_path)
     }
 
     /// Stops accepting, finishes the requests in flight and joins the server thread.

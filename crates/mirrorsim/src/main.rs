@@ -43,6 +43,8 @@ enum Command {
     Chat(commands::chat::ChatArgs),
     /// Serve the local engine as an OpenAI-compatible HTTP server.
     ServeLlm(commands::serve_llm::ServeLlmArgs),
+    /// Serve a simulator over a catalog as an HTTP JSON service (/v1/simulate, OpenAPI).
+    Serve(commands::serve::ServeArgs),
     /// Run the demo: the embedded ml-latest-small data and the default SmolLM2 model.
     Demo(commands::demo::DemoArgs),
     /// Fine-tune a local model with LoRA (SFT, then DPO) on the distilled sets.
@@ -54,6 +56,12 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Compare several runs' metrics.json in one HTML report.
     Report(commands::report::ReportArgs),
+    /// Show a recommender's ranked lists to the simulator page by page; simulated metrics
+    /// beside offline ones.
+    SimulateRecs(commands::simulate_recs::SimulateRecsArgs),
+    /// Write the simulator's choices on recommended slates as extra training interactions
+    /// (RecBole .inter) and measure what they do to item-kNN / EASE.
+    Augment(commands::augment::AugmentArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,11 +76,14 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(args),
         Command::Chat(args) => commands::chat::run(args),
         Command::ServeLlm(args) => commands::serve_llm::run(args),
+        Command::Serve(args) => commands::serve::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::Train(cmd) => commands::train::run(cmd),
         Command::Export(args) => commands::export::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Report(args) => commands::report::run(args),
+        Command::SimulateRecs(args) => commands::simulate_recs::run(args),
+        Command::Augment(args) => commands::augment::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

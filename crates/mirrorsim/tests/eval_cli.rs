@@ -48,16 +48,22 @@ fn eval(scenes: &Path, model: &Path, out: &Path, extra: &[&str]) -> Value {
     serde_json::from_slice(&output.stdout).expect("eval --json prints metrics.json")
 }
 
+/// `mirrorsim scenes` on the embedded ml-latest-small into `out`, with `args`.
+fn make_scenes(out: &Path, args: &[&str]) {
+    let mut all = vec!["scenes", "--source", "movielens:../../data/ml-latest-small"];
+    all.extend_from_slice(args);
+    all.push("--out");
+    mirrorsim(&all, &[out]);
+}
+
 #[test]
 fn eval_scores_the_real_model_beside_baselines_and_resumes() {
     let model = mirrorsim_llm::default_model::default_model_path().expect("the default model");
     let dir = tempfile::tempdir().unwrap();
     let scenes_dir = dir.path().join("scenes");
-    mirrorsim(
+    make_scenes(
+        &scenes_dir,
         &[
-            "scenes",
-            "--source",
-            "movielens:../../data/ml-latest-small",
             "--max-train",
             "0",
             "--max-eval",
@@ -66,9 +72,7 @@ fn eval_scores_the_real_model_beside_baselines_and_resumes() {
             "random=1,popularity=1",
             "--seed",
             "5",
-            "--out",
         ],
-        &[&scenes_dir],
     );
     let scenes = scenes_dir.join("scenes.eval.jsonl");
     let out = dir.path().join("run").join("eval");
@@ -207,11 +211,9 @@ fn eval_fits_the_hybrid_and_compares_the_prior_in_the_prompt() {
     let model = mirrorsim_llm::default_model::default_model_path().expect("the default model");
     let dir = tempfile::tempdir().unwrap();
     let scenes_dir = dir.path().join("scenes");
-    mirrorsim(
+    make_scenes(
+        &scenes_dir,
         &[
-            "scenes",
-            "--source",
-            "movielens:../../data/ml-latest-small",
             "--max-train",
             "600",
             "--max-eval",
@@ -224,9 +226,7 @@ fn eval_fits_the_hybrid_and_compares_the_prior_in_the_prompt() {
             "random=1",
             "--seed",
             "3",
-            "--out",
         ],
-        &[&scenes_dir],
     );
     let out = dir.path().join("eval");
     let validation = scenes_dir.join("scenes.train.jsonl");
@@ -292,11 +292,9 @@ fn eval_against_an_endpoint_matches_the_local_engine() {
     let model = mirrorsim_llm::default_model::default_model_path().expect("the default model");
     let dir = tempfile::tempdir().unwrap();
     let scenes_dir = dir.path().join("scenes");
-    mirrorsim(
+    make_scenes(
+        &scenes_dir,
         &[
-            "scenes",
-            "--source",
-            "movielens:../../data/ml-latest-small",
             "--max-train",
             "0",
             "--max-eval",
@@ -307,9 +305,7 @@ fn eval_against_an_endpoint_matches_the_local_engine() {
             "random=1",
             "--seed",
             "8",
-            "--out",
         ],
-        &[&scenes_dir],
     );
     let scenes = scenes_dir.join("scenes.eval.jsonl");
     let common = ["--no-rotations", "--no-agent4rec", "--baselines", "none"];

@@ -528,10 +528,16 @@ mod tests {
             .unwrap();
         assert_eq!(prompt.levels, ["3", "4", "5"]);
         let (system, text) = (&prompt.messages[0].content, &prompt.messages[1].content);
-        assert!(system.contains("Rating: [N]") && system.contains("3, 4, 5"), "{system}");
+        assert!(
+            system.contains("Rating: [N]") && system.contains("3, 4, 5"),
+            "{system}"
+        );
         assert!(text.contains("you rated it 5/5"), "{text}");
         assert!(text.contains("[A] Gamma (genres: Drama)"), "{text}");
-        assert!(text.ends_with("Answer only with \"Rating: [N]\"."), "{text}");
+        assert!(
+            text.ends_with("Answer only with \"Rating: [N]\"."),
+            "{text}"
+        );
 
         let mut unrated = catalog();
         for i in &mut unrated.interactions {

@@ -31,9 +31,10 @@ use mirrorsim_eval::{
     BaselineConfig, BaselineKind, FittedBaselines, MetricsFile, Mode, PredictionLine,
     SimulatorConfig,
 };
-use mirrorsim_llm::engine::{EngineOptions, LocalEngine};
 use mirrorsim_llm::http::{HttpBackend, HttpConfig};
 use mirrorsim_llm::Backend;
+
+use super::model_arg::load_local;
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -676,18 +677,8 @@ fn load_simulator(args: &EvalArgs) -> anyhow::Result<Box<dyn Backend>> {
             .with_context(|| format!("configuring the HTTP backend {url}"))?;
         return Ok(Box::new(backend));
     }
-    let path = match args.model.as_deref() {
-        Some("default") | None => mirrorsim_llm::default_model::default_model_path()?,
-        Some(path) => PathBuf::from(path),
-    };
-    eprintln!("loading {}", path.display());
-    let options = EngineOptions {
-        adapter: args.adapter.clone(),
-        ..EngineOptions::default()
-    };
-    let engine = LocalEngine::load(&path, options)
-        .with_context(|| format!("loading the model {}", path.display()))?;
-    Ok(Box::new(engine))
+    let model = args.model.as_deref().map(Path::new);
+    Ok(Box::new(load_local(model, args.adapter.as_deref())?))
 }
 
 /// `DIR/metrics.json`, `DIR/predictions.jsonl` and `DIR/report.html` (loss curves beside the

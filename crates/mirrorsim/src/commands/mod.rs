@@ -1,3 +1,4 @@
+pub mod augment;
 pub mod chat;
 pub mod data;
 pub mod demo;
@@ -8,6 +9,8 @@ pub mod model_arg;
 pub mod report;
 pub mod run;
 pub mod scenes;
+pub mod serve;
 pub mod serve_llm;
 pub mod shard;
+pub mod simulate_recs;
 pub mod train;

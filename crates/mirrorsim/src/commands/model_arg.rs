@@ -1,6 +1,6 @@
 //! The model a stage talks to: a local GGUF file / HF directory, or an OpenAI-compatible server.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
@@ -36,13 +36,29 @@ impl ModelArgs {
                 .with_context(|| format!("configuring the HTTP backend {url}"))?;
             return Ok(Box::new(backend));
         }
-        let path = match &self.model {
-            Some(path) => path.clone(),
-            None => mirrorsim_llm::default_model::default_model_path()?,
-        };
-        tracing::info!("loading {}", path.display());
-        let engine = LocalEngine::load(&path, EngineOptions::default())
-            .with_context(|| format!("loading the model {}", path.display()))?;
-        Ok(Box::new(engine))
+        Ok(Box::new(load_local(self.model.as_deref(), None)?))
     }
+}
+
+/// A local model (a GGUF file or HF model directory; `None` or `default` for the default
+/// SmolLM2-135M-Instruct), with a PEFT LoRA adapter on top when given.
+pub fn load_local(model: Option<&Path>, adapter: Option<&Path>) -> anyhow::Result<LocalEngine> {
+    let path = match model {
+        Some(path) if path != Path::new("default") => path.to_owned(),
+        _ => mirrorsim_llm::default_model::default_model_path()
+            .context("finding the default model")?,
+    };
+    tracing::info!("loading {}", path.display());
+    let options = EngineOptions {
+        adapter: adapter.map(Path::to_owned),
+        ..EngineOptions::default()
+    };
+    LocalEngine::load(&path, options).with_context(|| match adapter {
+        Some(adapter) => format!(
+            "loading the model {} with the adapter {}",
+            path.display(),
+            adapter.display()
+        ),
+        None => format!("loading the model {}", path.display()),
+    })
 }
