@@ -119,14 +119,7 @@ pub fn baseline_predictions(
         .par_iter()
         .map(|scene| {
             let distribution = fitted.distribution(kind, scene)?;
-            Ok(ScenePrediction {
-                scene_id: scene.id.clone(),
-                dataset: scene.dataset.clone(),
-                answer: scene.answer,
-                samples: draw_samples(&distribution, seed, &scene.id, repeats),
-                distribution,
-                rotations: Vec::new(),
-            })
+            Ok(sampled_prediction(scene, distribution, seed, repeats))
         })
         .collect()
 }
@@ -146,6 +139,23 @@ pub fn baseline_metrics(
             .ok_or_else(|| EvalError::Config("no scenes to evaluate".to_owned()))?,
         agent4rec: ranking_metrics(scenes, cases, &distributions),
     })
+}
+
+/// A predictor's prediction for a scene: its distribution and `repeats` seeded draws from it.
+pub fn sampled_prediction(
+    scene: &SceneRecord,
+    distribution: Vec<f64>,
+    seed: u64,
+    repeats: usize,
+) -> ScenePrediction {
+    ScenePrediction {
+        scene_id: scene.id.clone(),
+        dataset: scene.dataset.clone(),
+        answer: scene.answer,
+        samples: draw_samples(&distribution, seed, &scene.id, repeats),
+        distribution,
+        rotations: Vec::new(),
+    }
 }
 
 /// What [`score_baselines`] produced.

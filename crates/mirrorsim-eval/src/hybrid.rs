@@ -21,7 +21,6 @@ use serde::{Deserialize, Serialize};
 use crate::baselines::{softmax, BaselineKind, FittedBaselines};
 use crate::error::EvalError;
 use crate::metrics::{ScenePrediction, PROB_FLOOR};
-use crate::simulate::draw_samples;
 
 /// The fitted parameters of a hybrid.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -461,14 +460,12 @@ pub fn hybrid_predictions(
         .zip(llm)
         .map(|(scene, llm)| {
             let distribution = weights.distribution(llm, &fitted.scores(prior, scene)?)?;
-            Ok(ScenePrediction {
-                scene_id: scene.id.clone(),
-                dataset: scene.dataset.clone(),
-                answer: scene.answer,
-                samples: draw_samples(&distribution, seed, &scene.id, repeats),
+            Ok(crate::evaluate::sampled_prediction(
+                scene,
                 distribution,
-                rotations: Vec::new(),
-            })
+                seed,
+                repeats,
+            ))
         })
         .collect()
 }

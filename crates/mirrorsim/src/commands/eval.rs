@@ -13,8 +13,8 @@ use mirrorsim_data::{read_source, ReadOptions, SourceSpec};
 use mirrorsim_distill::{Journal, JournaledBackend};
 use mirrorsim_eval::agent4rec::select_cases;
 use mirrorsim_eval::evaluate::{
-    coverage_notes, resolve_cutoff, score_baselines, simulator_predictor_metrics, write_outputs,
-    PredictorKind, PredictorMetrics,
+    coverage_notes, resolve_cutoff, sampled_prediction, score_baselines,
+    simulator_predictor_metrics, write_outputs, PredictorKind, PredictorMetrics,
 };
 use mirrorsim_eval::hybrid::{
     fit_hybrid, hinted_scenes, hybrid_predictions, read_hybrid_file, validation_cases,
@@ -25,7 +25,7 @@ use mirrorsim_eval::rating::{
     expected_rating, rating_cases, rating_metrics, rating_requests, RatingBaselines,
 };
 use mirrorsim_eval::report::{read_loss_curves, render_report, LossCurve, ReportRun};
-use mirrorsim_eval::simulate::draw_samples;
+
 use mirrorsim_eval::simulate::score_simulator;
 use mirrorsim_eval::{
     BaselineConfig, BaselineKind, FittedBaselines, MetricsFile, Mode, PredictionLine,
@@ -482,14 +482,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             .iter()
             .map(|scene| {
                 let distribution = weights.prior_distribution(&fitted.scores(prior, scene)?);
-                Ok(mirrorsim_eval::ScenePrediction {
-                    scene_id: scene.id.clone(),
-                    dataset: scene.dataset.clone(),
-                    answer: scene.answer,
-                    samples: draw_samples(&distribution, args.seed, &scene.id, args.repeats),
+                Ok(sampled_prediction(
+                    scene,
                     distribution,
-                    rotations: Vec::new(),
-                })
+                    args.seed,
+                    args.repeats,
+                ))
             })
             .collect::<Result<Vec<_>, mirrorsim_eval::EvalError>>()?;
         predictors.push(PredictorMetrics {
