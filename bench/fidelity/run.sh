@@ -3,7 +3,18 @@
 # direct mode, on leakage-free ML-1M eval scenes (5 options), beside the classical baselines.
 #
 #   bench/fidelity/run.sh            OUT (default /tmp/mirrorsim-fidelity), EVAL_SCENES (500),
-#                                    TRAIN_SCENES (96), DPO_PAIRS (48), HISTORY (6)
+#                                    TRAIN_SCENES (96), DPO_PAIRS (48), HISTORY (6),
+#                                    EVAL_EVERY / SAVE_EVERY (4: optimizer steps between held-out
+#                                    evaluations / checkpoints), MICRO_BATCH (1: sequences per
+#                                    forward; 8 / MICRO_BATCH micro-batches per optimizer step),
+#                                    SKIP_BASE_RANDOM=1 (the base model's random-negative
+#                                    evaluation is already at hand), BASELINES=none (no baselines
+#                                    at all: fit them elsewhere with `eval --model none`),
+#                                    BIN (a prebuilt mirrorsim)
+#
+# MIRRORSIM_CUDA=0 with a `--features cuda` binary runs every model stage on the GPU. The
+# baselines are fitted once, in the base model's evaluation; the fine-tuned models' evaluations
+# run on the same scenes with --baselines none.
 #
 # Training data: behaviour-only targets built from train scenes (the prompt's real choice as the
 # reply; for DPO the rejected reply names another option, seeded) — the "direct" ablation, since
@@ -16,7 +27,12 @@ eval_scenes="${EVAL_SCENES:-500}"
 train_scenes="${TRAIN_SCENES:-96}"
 dpo_pairs="${DPO_PAIRS:-48}"
 history="${HISTORY:-6}"
-data="$repo_root/../shared/data/ml-1m"
+eval_every="${EVAL_EVERY:-4}"
+save_every="${SAVE_EVERY:-4}"
+micro_batch="${MICRO_BATCH:-1}"
+grad_accum=$((8 / micro_batch))
+dpo_micro_batch=$((micro_batch < 4 ? micro_batch : 4))
+data="${DATA:-$repo_root/../shared/data/ml-1m}"
 if [[ -z "${BIN:-}" ]]; then
     (cd "$repo_root" && cargo build --quiet --release -p mirrorsim)
 fi
@@ -54,21 +70,29 @@ PY
 evaluate() {  # name scenes-dir [adapter]
     local name="$1" scenes="$2" adapter="${3:-}"
     stamp "eval $name"
+    local baselines=(--catalog "recbole:$data")
+    if [[ -n "$adapter" || "${BASELINES:-}" == none ]]; then
+        baselines=(--baselines none)
+    fi
     "$bin" --log warn eval --scenes "$out/$scenes/scenes.eval.jsonl" --model default \
         ${adapter:+--adapter "$adapter"} --mode direct --repeats 5 --no-rotations --no-agent4rec \
-        --catalog "recbole:$data" --out "$out/eval-$name" > /dev/null
+        "${baselines[@]}" --out "$out/eval-$name" > /dev/null
 }
 
-evaluate base-random scenes-random
+if [[ "${SKIP_BASE_RANDOM:-0}" != 1 ]]; then
+    evaluate base-random scenes-random
+fi
 stamp "train sft"
 "$bin" --log warn train sft --data "$out/sft.jsonl" --out "$out/train/sft" --lr 1e-3 \
-    --grad-accum 8 --max-len 512 --eval-fraction 0.1 --eval-every 4 --save-every 4 --resume \
+    --micro-batch "$micro_batch" --grad-accum "$grad_accum" --max-len 512 --eval-fraction 0.1 --eval-every "$eval_every" \
+    --save-every "$save_every" --resume \
     > "$out/train-sft.txt"
 evaluate sft-random scenes-random "$out/train/sft"
 stamp "train dpo"
 "$bin" --log warn train dpo --adapter "$out/train/sft" --data "$out/dpo.jsonl" \
-    --out "$out/train/dpo" --lr 5e-4 --grad-accum 4 --max-len 512 --eval-fraction 0.1 \
-    --eval-every 4 --save-every 4 --resume > "$out/train-dpo.txt"
+    --out "$out/train/dpo" --lr 5e-4 --micro-batch "$dpo_micro_batch" \
+    --grad-accum $((4 / dpo_micro_batch)) --max-len 512 --eval-fraction 0.1 \
+    --eval-every "$eval_every" --save-every "$save_every" --resume > "$out/train-dpo.txt"
 evaluate sft-dpo-random scenes-random "$out/train/dpo"
 evaluate base-popularity scenes-popularity
 evaluate sft-popularity scenes-popularity "$out/train/sft"

@@ -1,7 +1,8 @@
 """LoRA SFT step time with PyTorch + PEFT on CPU, the same setup as our sft_step example:
 the GGUF model dequantised by transformers (float32), LoRA r=16, alpha=32, dropout 0.05 on
 q,k,v,o,gate,up,down, AdamW lr 2e-4, batch 1, the same fixed token sequence, loss on its second
-half. Prints one JSON line: median step time over the steps after the first, peak RSS."""
+half. Prints one JSON line: median step time over the steps after the first, peak RSS.
+BENCH_DEVICE=cuda trains on the GPU (default: cpu)."""
 import json
 import os
 import resource
@@ -20,12 +21,14 @@ model = AutoModelForCausalLM.from_pretrained(
     gguf_file=os.path.basename(model_path),
     torch_dtype=torch.float32,
 )
+device = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
+model.to(device)
 model = get_peft_model(model, LoraConfig(
     r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 ))
 model.train()
-tokens = torch.tensor([[(i * 7919) % 49000 + 17 for i in range(seq_len)]])
+tokens = torch.tensor([[(i * 7919) % 49000 + 17 for i in range(seq_len)]], device=device)
 labels = tokens.clone()
 labels[0, : seq_len // 2] = -100
 optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
@@ -36,6 +39,8 @@ for step in range(steps):
     loss.backward()
     optimizer.step()
     optimizer.zero_grad()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     total = time.perf_counter() - started
     print(f"step {step}: {total:.2f} s = {seq_len / total:.0f} tokens/s", file=sys.stderr)
     if step > 0 or steps == 1:
@@ -43,6 +48,8 @@ for step in range(steps):
 times.sort()
 median = times[len(times) // 2]
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"engine": "pytorch+peft", "torch": torch.__version__, "seq_len": seq_len,
+gpu = {"peak_gpu_allocated_mib": round(torch.cuda.max_memory_allocated() / 2**20)} if device.type == "cuda" else {}
+print(json.dumps({"engine": "pytorch+peft", "device": str(device), "torch": torch.__version__, "seq_len": seq_len,
+                  **gpu,
                   "step_s": round(median, 3), "tokens_per_s": round(seq_len / median, 1),
                   "peak_rss_mib": round(peak)}))

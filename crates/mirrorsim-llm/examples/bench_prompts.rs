@@ -2,6 +2,8 @@
 //! prompts in bench/llm/prompts.json; prints one JSON object on stdout.
 //!
 //! cargo run --release -p mirrorsim-llm --example bench_prompts -- MODEL PROMPTS_JSON
+//!
+//! MIRRORSIM_CUDA=N runs on CUDA device N (build with `--features cuda`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -82,7 +84,15 @@ fn main() -> Result<(), BoxError> {
             .ok_or("prompts.json: expected a string")
     };
 
-    let engine = LocalEngine::load(&model, EngineOptions::default())?;
+    let cuda_device = match std::env::var("MIRRORSIM_CUDA") {
+        Ok(ordinal) => Some(ordinal.parse::<usize>()?),
+        Err(_) => None,
+    };
+    let options = EngineOptions {
+        cuda_device,
+        ..EngineOptions::default()
+    };
+    let engine = LocalEngine::load(&model, options)?;
     let tokenizer = engine.tokenizer();
     let prefill_text = text(&prompts["prefill_text"])?;
     let prefill_tokens = tokenizer.encode(&prefill_text, false)?.len();
@@ -134,6 +144,7 @@ fn main() -> Result<(), BoxError> {
         "engine": "mirrorsim",
         "version": env!("CARGO_PKG_VERSION"),
         "threads": rayon::current_num_threads(),
+        "device": cuda_device.map_or("cpu".to_string(), |n| format!("cuda:{n}")),
         "weights": "as loaded by LocalEngine",
         "prefill_tokens": prefill_tokens,
         "prefill_tok_s": prefill_tokens as f64 / prefill_seconds,

@@ -1,5 +1,6 @@
 //! The local engine on the real SmolLM2-135M-Instruct (found or fetched by
-//! `default_model::default_model_path`).
+//! `default_model::default_model_path`). With `MIRRORSIM_CUDA=N` (and `--features cuda`) the same
+//! checks run on CUDA device N.
 
 use std::sync::OnceLock;
 
@@ -12,7 +13,14 @@ fn engine() -> &'static LocalEngine {
     static ENGINE: OnceLock<LocalEngine> = OnceLock::new();
     ENGINE.get_or_init(|| {
         let path = mirrorsim_llm::default_model::default_model_path().expect("default model");
-        LocalEngine::load(&path, EngineOptions::default()).expect("load SmolLM2")
+        let cuda_device = std::env::var("MIRRORSIM_CUDA")
+            .ok()
+            .map(|ordinal| ordinal.parse().expect("MIRRORSIM_CUDA is a device ordinal"));
+        let options = EngineOptions {
+            cuda_device,
+            ..EngineOptions::default()
+        };
+        LocalEngine::load(&path, options).expect("load SmolLM2")
     })
 }
 

@@ -4,6 +4,8 @@
 //! after the first, peak RSS).
 //!
 //! cargo run --release -p mirrorsim-train --example sft_step [-- MODEL [SEQ_LEN [STEPS]]]
+//!
+//! MIRRORSIM_CUDA=N trains on CUDA device N (build with `--features cuda`).
 
 use std::time::Instant;
 
@@ -21,8 +23,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let seq_len: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(512);
     let steps: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(3);
-    let engine = LocalEngine::load(&model_path, EngineOptions::default())?;
+    let cuda_device = match std::env::var("MIRRORSIM_CUDA") {
+        Ok(ordinal) => Some(ordinal.parse::<usize>()?),
+        Err(_) => None,
+    };
+    let options = EngineOptions {
+        cuda_device,
+        ..EngineOptions::default()
+    };
+    let engine = LocalEngine::load(&model_path, options)?;
     let (mut model, _, _, _) = engine.into_parts();
+    let device = model.device().clone();
     model.attach_lora(&LoraConfig::default(), 0)?;
     let tokens: Vec<u32> = (0..seq_len as u32)
         .map(|i| (i * 7919) % 49000 + 17)
@@ -37,8 +48,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let started = Instant::now();
         let (sums, _) = reply_logprobs(&model, &[&sequence], true)?;
         let loss = sums.sum_all()?.neg()?;
+        device.synchronize()?;
         let forward = started.elapsed().as_secs_f64();
         let grads = loss.backward()?;
+        device.synchronize()?;
         let backward = started.elapsed().as_secs_f64() - forward;
         let grads: Vec<_> = optimizer
             .params()
@@ -46,6 +59,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map(|(_, v)| grads.get(v.as_tensor()).cloned().ok_or("missing gradient"))
             .collect::<Result<_, _>>()?;
         optimizer.step(&grads, 1e-4)?;
+        device.synchronize()?;
         let total = started.elapsed().as_secs_f64();
         println!(
             "step {step}: forward {forward:.2} s, backward {backward:.2} s, optimizer {:.2} s, total {total:.2} s = {:.0} tokens/s",
@@ -70,7 +84,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN);
     println!(
-        "{{\"engine\": \"mirrorsim\", \"seq_len\": {seq_len}, \"step_s\": {median:.3}, \"tokens_per_s\": {:.1}, \"peak_rss_mib\": {peak_rss_mib:.0}}}",
+        "{{\"engine\": \"mirrorsim\", \"device\": \"{}\", \"seq_len\": {seq_len}, \"step_s\": {median:.3}, \"tokens_per_s\": {:.1}, \"peak_rss_mib\": {peak_rss_mib:.0}}}",
+        cuda_device.map_or("cpu".to_string(), |n| format!("cuda:{n}")),
         seq_len as f64 / median
     );
     Ok(())

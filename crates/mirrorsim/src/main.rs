@@ -20,6 +20,10 @@ struct Cli {
     #[arg(long, global = true, default_value = "info", env = "MIRRORSIM_LOG")]
     log: String,
 
+    /// Run local models on this CUDA device (a build with `--features cuda`); CPU without it.
+    #[arg(long, global = true, env = "MIRRORSIM_CUDA", value_name = "ORDINAL")]
+    cuda: Option<usize>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -67,6 +71,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
+    if let Err(err) = commands::model_arg::select_device(cli.cuda) {
+        eprintln!("error: {err:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Data(cmd) => commands::data::run(cmd),
         Command::Scenes(args) => commands::scenes::run(args),

@@ -201,3 +201,26 @@ fn sft_then_dpo_then_merged_gguf_export() {
         assert_eq!(argmax(&logits), argmax(&tuned_logits), "{kind}");
     }
 }
+
+/// A build without the `cuda` feature refuses `--cuda` before any work and says how to build
+/// one, instead of silently running on the CPU.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_flag_on_a_cpu_build_is_refused_with_the_build_command() {
+    let output = Command::new(env!("CARGO_BIN_EXE_mirrorsim"))
+        .args(["--cuda", "0", "chat", "--model", "no-such-model.gguf", "hi"])
+        .output()
+        .expect("run mirrorsim");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--features cuda"),
+        "unexpected error: {stderr}"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_mirrorsim"))
+        .env("MIRRORSIM_CUDA", "0")
+        .args(["chat", "--model", "no-such-model.gguf", "hi"])
+        .output()
+        .expect("run mirrorsim");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--features cuda"));
+}

@@ -920,8 +920,14 @@ impl Llama {
         let prefix_v = prefix.values[layer_index].narrow(2, 0, past)?.squeeze(0)?;
         let shared = q_rows.matmul(&prefix_k.t()?)?;
         let probs = candle_nn::ops::softmax_last_dim(&Tensor::cat(&[&shared, &own], 2)?)?;
-        let out_shared = probs
-            .narrow(2, 0, past)?
+        let shared_probs = probs.narrow(2, 0, past)?;
+        // CPU gemm reads rows `past + seq` apart; cuBLAS through candle wants packed rows.
+        let shared_probs = if shared_probs.device().is_cpu() {
+            shared_probs
+        } else {
+            shared_probs.contiguous()?
+        };
+        let out_shared = shared_probs
             .matmul(&prefix_v)?
             .reshape((kv_heads, batch, groups * seq, head_dim))?
             .transpose(0, 1)?;

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use mirrorsim_llm::default_model::default_model_path;
-use mirrorsim_llm::engine::{EngineOptions, LocalEngine};
+use mirrorsim_llm::engine::LocalEngine;
 use mirrorsim_llm::{Backend, ChatMessage, GenerateRequest, Prompt, SamplingParams};
 
 #[derive(Debug, Args)]
@@ -44,7 +44,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
         None => default_model_path().context("finding the default model")?,
     };
     let load_started = Instant::now();
-    let engine = LocalEngine::load(&model_path, EngineOptions::default())
+    let engine = LocalEngine::load(&model_path, super::model_arg::engine_options())
         .with_context(|| format!("loading {}", model_path.display()))?;
     let load_seconds = load_started.elapsed().as_secs_f64();
 

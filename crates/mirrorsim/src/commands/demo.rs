@@ -18,7 +18,7 @@ use mirrorsim_distill::{
     distill, generate_rationales, score_rationales, write_distill, DistillConfig, GenerateConfig,
     Journal, JournaledBackend, Role, ScoreConfig,
 };
-use mirrorsim_llm::engine::{EngineOptions, LocalEngine};
+use mirrorsim_llm::engine::LocalEngine;
 use mirrorsim_llm::{Backend, ChatMessage, ChoiceRequest, Prompt};
 use serde::Serialize;
 
@@ -131,7 +131,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         None => mirrorsim_llm::default_model::default_model_path()?,
     };
     eprintln!("[2/4] loading {}", model_path.display());
-    let engine = LocalEngine::load(&model_path, EngineOptions::default())
+    let engine = LocalEngine::load(&model_path, super::model_arg::engine_options())
         .with_context(|| format!("loading the model {}", model_path.display()))?;
     timings.model_load = started.elapsed().as_secs_f64();
 

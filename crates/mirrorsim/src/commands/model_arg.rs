@@ -1,6 +1,7 @@
 //! The model a stage talks to: a local GGUF file / HF directory, or an OpenAI-compatible server.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::Context;
 use clap::Args;
@@ -40,6 +41,35 @@ impl ModelArgs {
     }
 }
 
+static CUDA_DEVICE: OnceLock<Option<usize>> = OnceLock::new();
+
+/// Chooses, once per process, where every local model of this run lives: the CUDA device
+/// `ordinal`, or the CPU for `None`. Refuses a device when this binary was built without CUDA.
+pub fn select_device(ordinal: Option<usize>) -> anyhow::Result<()> {
+    if ordinal.is_some() && !cfg!(feature = "cuda") {
+        anyhow::bail!(
+            "--cuda needs a build with CUDA: cargo build --release -p mirrorsim --features cuda \
+             (with nvcc on PATH)"
+        );
+    }
+    CUDA_DEVICE
+        .set(ordinal)
+        .map_err(|_| anyhow::anyhow!("the compute device was already chosen"))
+}
+
+/// The CUDA device chosen with `--cuda`, if any.
+pub fn cuda_device() -> Option<usize> {
+    CUDA_DEVICE.get().copied().flatten()
+}
+
+/// Engine options for a local model on the chosen device.
+pub fn engine_options() -> EngineOptions {
+    EngineOptions {
+        cuda_device: cuda_device(),
+        ..EngineOptions::default()
+    }
+}
+
 /// A local model (a GGUF file or HF model directory; `None` or `default` for the default
 /// SmolLM2-135M-Instruct), with a PEFT LoRA adapter on top when given.
 pub fn load_local(model: Option<&Path>, adapter: Option<&Path>) -> anyhow::Result<LocalEngine> {
@@ -51,7 +81,7 @@ pub fn load_local(model: Option<&Path>, adapter: Option<&Path>) -> anyhow::Resul
     tracing::info!("loading {}", path.display());
     let options = EngineOptions {
         adapter: adapter.map(Path::to_owned),
-        ..EngineOptions::default()
+        ..engine_options()
     };
     LocalEngine::load(&path, options).with_context(|| match adapter {
         Some(adapter) => format!(

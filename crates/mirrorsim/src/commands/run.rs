@@ -573,9 +573,9 @@ impl Models {
                 ModelIdentity::Local(path) => {
                     eprintln!("loading model {name} from {}", path.display());
                     Box::new(
-                        LocalEngine::load(path, EngineOptions::default()).with_context(|| {
-                            format!("loading model {name} from {}", path.display())
-                        })?,
+                        LocalEngine::load(path, super::model_arg::engine_options()).with_context(
+                            || format!("loading model {name} from {}", path.display()),
+                        )?,
                     )
                 }
             };
@@ -1017,7 +1017,7 @@ impl Runner<'_> {
             data: data.clone(),
             eval_data: None,
             out: out.clone(),
-            cuda_device: None,
+            cuda_device: super::model_arg::cuda_device(),
         };
         let summary = if is_dpo {
             run_dpo(&paths, start_adapter.as_deref(), &config, resume, true)
@@ -1139,7 +1139,7 @@ impl Runner<'_> {
                     );
                     let options = EngineOptions {
                         adapter: Some(adapter.clone()),
-                        ..EngineOptions::default()
+                        ..super::model_arg::engine_options()
                     };
                     adapter_engine = LocalEngine::load(model_path, options).with_context(|| {
                         format!(

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use mirrorsim_llm::default_model::default_model_path;
-use mirrorsim_llm::engine::{EngineOptions, LocalEngine};
+use mirrorsim_llm::engine::LocalEngine;
 use mirrorsim_llm::Backend;
 use mirrorsim_serve::ServerOptions;
 
@@ -59,7 +59,7 @@ pub fn run(args: ServeLlmArgs) -> anyhow::Result<()> {
         None => default_served_name(&model_path),
     };
     let load_started = Instant::now();
-    let engine = LocalEngine::load(&model_path, EngineOptions::default())
+    let engine = LocalEngine::load(&model_path, super::model_arg::engine_options())
         .with_context(|| format!("loading {}", model_path.display()))?;
     tracing::info!(
         "loaded {} ({}) in {:.1} s",

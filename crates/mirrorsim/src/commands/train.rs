@@ -84,9 +84,6 @@ pub struct CommonTrainArgs {
     keep_checkpoints: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// CUDA device ordinal (build with --features cuda).
-    #[arg(long)]
-    cuda: Option<usize>,
     /// Print the training summary as JSON.
     #[arg(long)]
     json: bool,
@@ -149,7 +146,7 @@ impl CommonTrainArgs {
             data: self.data.clone(),
             eval_data: self.eval_data.clone(),
             out: self.out.clone(),
-            cuda_device: self.cuda,
+            cuda_device: super::model_arg::cuda_device(),
         })
     }
 }
