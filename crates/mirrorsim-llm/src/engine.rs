@@ -35,7 +35,10 @@ pub struct EngineOptions {
     pub cuda_device: Option<usize>,
     /// Most sequences decoded together in one batch.
     pub max_decode_batch: usize,
-    /// Most continuations run together on top of one shared prefix.
+    /// Most continuations run together on top of one shared prefix; 0 picks by device: 4 on the
+    /// CPU, where larger batches make attention temporaries of tens of MB that are slower to
+    /// allocate and stream than the gemm saves (measured in BENCHMARKS.md), 16 on CUDA, where
+    /// fewer, larger launches win.
     pub max_score_batch: usize,
     /// A PEFT LoRA adapter directory (`adapter_config.json` + `adapter_model.safetensors`),
     /// merged into the base weights at load.
@@ -47,7 +50,7 @@ impl Default for EngineOptions {
         EngineOptions {
             cuda_device: None,
             max_decode_batch: 16,
-            max_score_batch: 16,
+            max_score_batch: 0,
             adapter: None,
         }
     }
@@ -545,7 +548,11 @@ impl LocalEngine {
         } else {
             0
         };
-        let batch = self.options.max_score_batch.max(1);
+        let batch = match self.options.max_score_batch {
+            0 if self.model.device().is_cpu() => 4,
+            0 => 16,
+            n => n,
+        };
         let mut prompt_tokens = 0usize;
         if shared_len > 0 {
             let prefix = &full[0][..shared_len];

@@ -1,8 +1,8 @@
 //! The Llama/Qwen2 decoder (SmolLM2 is Llama; Qwen2 adds q/k/v biases), with HF tensor names.
 //!
 //! Two execution modes share the same weights:
-//! - inference (`differentiable = false`) uses candle's fused `rms_norm`, `softmax_last_dim` and
-//!   `rope` kernels, which are fast but carry no gradient;
+//! - inference (`differentiable = false`) uses candle's fused `rms_norm` and `rope` kernels and
+//!   our vectorised `ops::softmax_last_dim`, which are fast but carry no gradient;
 //! - training (`differentiable = true`) uses plain tensor ops everywhere, so gradients reach
 //!   every weight (candle's fused ops would silently drop them).
 //!
@@ -919,7 +919,7 @@ impl Llama {
         let prefix_k = prefix.keys[layer_index].narrow(2, 0, past)?.squeeze(0)?;
         let prefix_v = prefix.values[layer_index].narrow(2, 0, past)?.squeeze(0)?;
         let shared = q_rows.matmul(&prefix_k.t()?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&Tensor::cat(&[&shared, &own], 2)?)?;
+        let probs = super::ops::softmax_last_dim(&Tensor::cat(&[&shared, &own], 2)?)?;
         let shared_probs = probs.narrow(2, 0, past)?;
         // CPU gemm reads rows `past + seq` apart; cuBLAS through candle wants packed rows.
         let shared_probs = if shared_probs.device().is_cpu() {
@@ -1122,7 +1122,7 @@ impl Llama {
         let probs = if differentiable {
             candle_nn::ops::softmax(&scores, D::Minus1)?
         } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
+            super::ops::softmax_last_dim(&scores)?
         };
         let out = probs
             .matmul(&v_all)?

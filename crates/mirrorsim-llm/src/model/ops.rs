@@ -8,6 +8,10 @@
 //! own backward `dS = P ⊙ (dP − Σⱼ dP ⊙ P)`. The composite version (mask add, max, subtract,
 //! exp, sum, divide) keeps five score-sized tensors per layer alive for backprop; this keeps one
 //! (the probabilities), which is most of a training step's activation memory at long sequences.
+//!
+//! [`softmax_last_dim`] is the inference softmax. Both softmaxes normalise rows with
+//! [`softmax_row`], whose exponential is a polynomial the compiler vectorises (libm's scalar
+//! `expf` was a tenth of the choice-scoring time).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -190,6 +194,126 @@ struct CausalSoftmax {
     past: usize,
 }
 
+/// Softmax over the last dim (no gradient: inference only). On the CPU in f32 the rows go
+/// through [`softmax_row`]; elsewhere candle's fused kernel.
+pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
+    if !cpu_f32(x) {
+        return candle_nn::ops::softmax_last_dim(x);
+    }
+    x.contiguous()?.apply_op1_no_bwd(&SoftmaxLastDim)
+}
+
+struct SoftmaxLastDim;
+
+impl CustomOp1 for SoftmaxLastDim {
+    fn name(&self) -> &'static str {
+        "softmax-last-dim"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("softmax needs a contiguous input");
+        };
+        let input = &storage.as_slice::<f32>()?[start..end];
+        let total = layout.shape().dims().last().copied().unwrap_or(1).max(1);
+        let mut output = vec![0f32; input.len()];
+        output
+            .par_chunks_mut(total)
+            .zip(input.par_chunks(total))
+            .for_each(|(out, scores)| softmax_row(scores, out));
+        Ok((CpuStorage::F32(output), layout.shape().clone()))
+    }
+}
+
+/// `out = softmax(scores)` for one row (`-inf` scores get exactly 0; a row of only `-inf` gives
+/// NaN like candle's). Uses AVX-512 where the CPU has it, chosen at run time.
+pub fn softmax_row(scores: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F, checked just above.
+        unsafe { softmax_row_avx512(scores, out) };
+        return;
+    }
+    softmax_row_portable(scores, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_row_avx512(scores: &[f32], out: &mut [f32]) {
+    softmax_row_portable(scores, out);
+}
+
+/// Lanes of the max / sum reductions: independent accumulators the compiler keeps in vector
+/// registers (one sequential f32 accumulator cannot be vectorised).
+const LANES: usize = 16;
+
+#[inline(always)]
+fn softmax_row_portable(scores: &[f32], out: &mut [f32]) {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = scores.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (lane, &value) in lanes.iter_mut().zip(chunk) {
+            *lane = if value > *lane { value } else { *lane };
+        }
+    }
+    let max = tail
+        .iter()
+        .chain(&lanes)
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for (o, &value) in out.iter_mut().zip(scores) {
+        *o = exp_polynomial(value - max);
+    }
+    let mut sums = [0f32; LANES];
+    let chunks = out.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (sum, &value) in sums.iter_mut().zip(chunk) {
+            *sum += value;
+        }
+    }
+    let inv = 1.0 / (sums.iter().sum::<f32>() + tail);
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
+}
+
+/// `e^x` for `x ≤ 0` (softmax arguments after subtracting the max) within 2 ulp, branch-free so
+/// loops over it vectorise: `x = n ln 2 + r` with `|r| ≤ ln 2 / 2`, `e^r` by its degree-6 Taylor
+/// polynomial (remainder below 1.2e-7 relative), `2^n` written into the exponent bits. Arguments
+/// below −87 (where `e^x` leaves the normal f32 range) and `-inf` give 0.
+#[inline(always)]
+pub(crate) fn exp_polynomial(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split so that n · LN2_HI is exact for |n| < 2^9.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 · 2^23: adding and subtracting it rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let clamped = if x > -87.0 { x } else { -87.0 };
+    let shifted = clamped * LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    let r = clamped - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    // `shifted` is ROUND + n exactly, so its low mantissa bits are n: integer ops that vectorise,
+    // where `n as i32` (a saturating cast) would not.
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
+    if x > -87.0 {
+        p * scale
+    } else {
+        0.0
+    }
+}
+
 impl CustomOp1 for CausalSoftmax {
     fn name(&self) -> &'static str {
         "causal-softmax"
@@ -218,19 +342,7 @@ impl CustomOp1 for CausalSoftmax {
             .enumerate()
             .for_each(|(row, (out, scores))| {
                 let visible = (past + (row % rows) % seq + 1).min(total);
-                let max = scores[..visible]
-                    .iter()
-                    .copied()
-                    .fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for (o, &s) in out[..visible].iter_mut().zip(&scores[..visible]) {
-                    *o = (s - max).exp();
-                    sum += *o;
-                }
-                let inv = 1.0 / sum;
-                for o in &mut out[..visible] {
-                    *o *= inv;
-                }
+                softmax_row(&scores[..visible], &mut out[..visible]);
             });
         Ok((CpuStorage::F32(output), layout.shape().clone()))
     }
@@ -250,6 +362,66 @@ impl CustomOp1 for CausalSoftmax {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn exp_polynomial_is_within_three_ulp_of_exp_on_the_softmax_range() {
+        let mut worst = 0f64;
+        for i in 0..=200_000 {
+            let x = -86.9 * i as f32 / 200_000.0;
+            let exact = (x as f64).exp();
+            let relative = ((exp_polynomial(x) as f64 - exact) / exact).abs();
+            worst = worst.max(relative);
+        }
+        assert!(
+            worst < 3.0 * f32::EPSILON as f64,
+            "worst relative error {worst:e}"
+        );
+        assert_eq!(exp_polynomial(0.0), 1.0);
+        assert_eq!(exp_polynomial(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_polynomial(-200.0), 0.0);
+    }
+
+    #[test]
+    fn softmax_row_matches_f64_softmax_on_every_length_and_zeroes_masked_entries() {
+        for len in [1usize, 3, 15, 16, 17, 33, 760] {
+            let scores: Vec<f32> = (0..len)
+                .map(|i| {
+                    if i % 7 == 3 {
+                        f32::NEG_INFINITY
+                    } else {
+                        ((i * 37 % 101) as f32 - 50.0) / 7.0
+                    }
+                })
+                .collect();
+            let mut out = vec![f32::NAN; len];
+            softmax_row(&scores, &mut out);
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let exps: Vec<f64> = scores.iter().map(|&s| (s as f64 - max).exp()).collect();
+            let sum: f64 = exps.iter().sum();
+            for (i, (&got, &e)) in out.iter().zip(&exps).enumerate() {
+                assert!((got as f64 - e / sum).abs() < 1e-6, "len {len}, entry {i}");
+                if scores[i] == f32::NEG_INFINITY {
+                    assert_eq!(got, 0.0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_last_dim_equals_candles_within_1e6() -> candle_core::Result<()> {
+        let values: Vec<f32> = (0..6 * 29)
+            .map(|i| ((i * 13 % 37) as f32 - 18.0) / 3.0)
+            .collect();
+        let x = Tensor::from_vec(values, (2, 3, 29), &Device::Cpu)?;
+        let ours = softmax_last_dim(&x)?.flatten_all()?.to_vec1::<f32>()?;
+        let candle = candle_nn::ops::softmax_last_dim(&x)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for (a, b) in ours.iter().zip(&candle) {
+            assert!((a - b).abs() < 1e-6);
+        }
+        Ok(())
+    }
 
     fn composite(scores: &Tensor, seq: usize, past: usize) -> candle_core::Result<Tensor> {
         let (rows, total) = (scores.dim(D::Minus2)?, scores.dim(D::Minus1)?);
