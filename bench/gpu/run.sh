@@ -14,7 +14,9 @@
 # BIN_DIR holds mirrorsim, bench_prompts, sft_step, engine_smollm2 and libcudart.so.13. The
 # peers use the machine's own python3 with torch, transformers, peft and gguf. ONLY="name ..."
 # runs only those steps (engine_tests chat demo llm_ours llm_transformers train_ours train_peft
-# train_cli), e.g. the peers in one call and our binaries in the next.
+# train_cli), e.g. the peers in one call and our binaries in the next. The engine test binary
+# reads its fixtures under the source path it was built from (e.g. /work/main/crates/...): run it
+# from a checkout at that path, or link one there.
 set -uo pipefail
 
 bin_dir="$(cd "$1" 2>/dev/null && pwd || echo "$1")"
