@@ -84,10 +84,7 @@ fn main() -> Result<(), BoxError> {
             .ok_or("prompts.json: expected a string")
     };
 
-    let cuda_device = match std::env::var("MIRRORSIM_CUDA") {
-        Ok(ordinal) => Some(ordinal.parse::<usize>()?),
-        Err(_) => None,
-    };
+    let cuda_device = mirrorsim_llm::engine::cuda_device_from_env()?;
     let options = EngineOptions {
         cuda_device,
         ..EngineOptions::default()

@@ -45,6 +45,19 @@ pub struct EngineOptions {
     pub adapter: Option<std::path::PathBuf>,
 }
 
+/// The CUDA device named by `MIRRORSIM_CUDA` (an ordinal), `None` when unset: how the
+/// benchmarks and the engine tests are pointed at a GPU (the CLI reads it through `--cuda`).
+pub fn cuda_device_from_env() -> Result<Option<usize>, LlmError> {
+    match std::env::var("MIRRORSIM_CUDA") {
+        Ok(ordinal) => ordinal.trim().parse().map(Some).map_err(|_| {
+            LlmError::BadRequest(format!(
+                "MIRRORSIM_CUDA must be a CUDA device ordinal such as 0, not {ordinal:?}"
+            ))
+        }),
+        Err(_) => Ok(None),
+    }
+}
+
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {

@@ -13,9 +13,8 @@ fn engine() -> &'static LocalEngine {
     static ENGINE: OnceLock<LocalEngine> = OnceLock::new();
     ENGINE.get_or_init(|| {
         let path = mirrorsim_llm::default_model::default_model_path().expect("default model");
-        let cuda_device = std::env::var("MIRRORSIM_CUDA")
-            .ok()
-            .map(|ordinal| ordinal.parse().expect("MIRRORSIM_CUDA is a device ordinal"));
+        let cuda_device =
+            mirrorsim_llm::engine::cuda_device_from_env().expect("MIRRORSIM_CUDA is an ordinal");
         let options = EngineOptions {
             cuda_device,
             ..EngineOptions::default()

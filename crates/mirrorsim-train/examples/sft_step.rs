@@ -23,10 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let seq_len: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(512);
     let steps: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(3);
-    let cuda_device = match std::env::var("MIRRORSIM_CUDA") {
-        Ok(ordinal) => Some(ordinal.parse::<usize>()?),
-        Err(_) => None,
-    };
+    let cuda_device = mirrorsim_llm::engine::cuda_device_from_env()?;
     let options = EngineOptions {
         cuda_device,
         ..EngineOptions::default()

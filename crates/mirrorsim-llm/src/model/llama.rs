@@ -159,41 +159,33 @@ fn tile_kernel() -> TileKernel {
     tiles_portable
 }
 
-/// Weight rows and input rows of one AVX-512 tile: 16 accumulators of 16 floats, plus the 4
-/// input vectors and one weight vector, fit the 32 vector registers; each load then feeds 32
-/// multiply-adds, where the AVX2 tile's feed about 11 (decode at batch 8 was bound by loads).
-const AVX512_TILE: usize = 4;
-
-#[cfg(target_arch = "x86_64")]
-fn tiles_avx512(weights: &[f32], inputs: &[f32], inner: usize, outputs: &mut [f32]) {
+/// Walks `outputs` (`outputs[o * rows + r] = weights[o] · inputs[r]`) in tiles of up to `W`
+/// weight rows by `R` input rows; `tile(tile_weights, tile_inputs, weight_rows, input_rows, sums)`
+/// fills `sums[..weight_rows][..input_rows]` for one tile.
+fn for_each_tile<const W: usize, const R: usize>(
+    weights: &[f32],
+    inputs: &[f32],
+    inner: usize,
+    outputs: &mut [f32],
+    mut tile: impl FnMut(&[f32], &[f32], usize, usize, &mut [[f32; R]; W]),
+) {
     let rows = inputs.len() / inner;
     let weight_rows = weights.len() / inner;
     assert!(outputs.len() >= weight_rows * rows);
     let mut o = 0;
     while o < weight_rows {
-        let tile_o = AVX512_TILE.min(weight_rows - o);
+        let tile_o = W.min(weight_rows - o);
         let mut r = 0;
         while r < rows {
-            let tile_r = AVX512_TILE.min(rows - r);
-            let tile_inputs = &inputs[r * inner..(r + tile_r) * inner];
-            let mut sums = [[0f32; AVX512_TILE]; AVX512_TILE];
-            if tile_o == AVX512_TILE {
-                let tile_weights = &weights[o * inner..(o + tile_o) * inner];
-                tile_avx512_rows::<AVX512_TILE>(
-                    tile_weights,
-                    tile_inputs,
-                    inner,
-                    tile_r,
-                    &mut sums,
-                );
-            } else {
-                for (a, sum_row) in sums.iter_mut().enumerate().take(tile_o) {
-                    let row = &weights[(o + a) * inner..(o + a + 1) * inner];
-                    let mut one = [[0f32; AVX512_TILE]; AVX512_TILE];
-                    tile_avx512_rows::<1>(row, tile_inputs, inner, tile_r, &mut one);
-                    *sum_row = one[0];
-                }
-            }
+            let tile_r = R.min(rows - r);
+            let mut sums = [[0f32; R]; W];
+            tile(
+                &weights[o * inner..(o + tile_o) * inner],
+                &inputs[r * inner..(r + tile_r) * inner],
+                tile_o,
+                tile_r,
+                &mut sums,
+            );
             for (a, sum_row) in sums.iter().enumerate().take(tile_o) {
                 for (b, &sum) in sum_row.iter().enumerate().take(tile_r) {
                     outputs[(o + a) * rows + r + b] = sum;
@@ -203,6 +195,33 @@ fn tiles_avx512(weights: &[f32], inputs: &[f32], inner: usize, outputs: &mut [f3
         }
         o += tile_o;
     }
+}
+
+/// Weight rows and input rows of one AVX-512 tile: 16 accumulators of 16 floats, plus the 4
+/// input vectors and one weight vector, fit the 32 vector registers; each load then feeds 32
+/// multiply-adds, where the AVX2 tile's feed about 11 (decode at batch 8 was bound by loads).
+const AVX512_TILE: usize = 4;
+
+#[cfg(target_arch = "x86_64")]
+fn tiles_avx512(weights: &[f32], inputs: &[f32], inner: usize, outputs: &mut [f32]) {
+    for_each_tile::<AVX512_TILE, AVX512_TILE>(
+        weights,
+        inputs,
+        inner,
+        outputs,
+        |tile_weights, tile_inputs, tile_o, tile_r, sums| {
+            if tile_o == AVX512_TILE {
+                tile_avx512_rows::<AVX512_TILE>(tile_weights, tile_inputs, inner, tile_r, sums);
+                return;
+            }
+            for (a, sum_row) in sums.iter_mut().enumerate().take(tile_o) {
+                let mut one = [[0f32; AVX512_TILE]; AVX512_TILE];
+                let row = &tile_weights[a * inner..(a + 1) * inner];
+                tile_avx512_rows::<1>(row, tile_inputs, inner, tile_r, &mut one);
+                *sum_row = one[0];
+            }
+        },
+    );
 }
 
 /// `WEIGHT_ROWS` weight rows against `input_rows` (1..=4) input rows.
@@ -279,37 +298,29 @@ fn tiles_portable(weights: &[f32], inputs: &[f32], inner: usize, outputs: &mut [
 
 #[cfg(target_arch = "x86_64")]
 fn tiles_avx2(weights: &[f32], inputs: &[f32], inner: usize, outputs: &mut [f32]) {
-    let rows = inputs.len() / inner;
-    let weight_rows = weights.len() / inner;
-    assert!(outputs.len() >= weight_rows * rows);
-    let mut o = 0;
-    while o < weight_rows {
-        let tile_o = TILE_WEIGHT_ROWS.min(weight_rows - o);
-        let mut r = 0;
-        while r < rows {
-            let tile_r = TILE_INPUT_ROWS.min(rows - r);
-            let mut sums = [[0f32; TILE_INPUT_ROWS]; TILE_WEIGHT_ROWS];
-            let tile_weights = &weights[o * inner..(o + tile_o) * inner];
-            let tile_inputs = &inputs[r * inner..(r + tile_r) * inner];
+    for_each_tile::<TILE_WEIGHT_ROWS, TILE_INPUT_ROWS>(
+        weights,
+        inputs,
+        inner,
+        outputs,
+        |tile_weights, tile_inputs, tile_o, tile_r, sums| {
             // SAFETY: only handed out by `tile_kernel` after it checked for AVX2 and FMA; the
             // slices hold exactly the tile's rows of `inner` floats.
             unsafe {
                 match (tile_o, tile_r) {
-                    (TILE_WEIGHT_ROWS, TILE_INPUT_ROWS) => {
-                        tile_avx2::<TILE_WEIGHT_ROWS, TILE_INPUT_ROWS>(
-                            tile_weights,
-                            tile_inputs,
-                            inner,
-                            &mut sums,
-                        )
-                    }
+                    (TILE_WEIGHT_ROWS, TILE_INPUT_ROWS) => tile_avx2::<
+                        TILE_WEIGHT_ROWS,
+                        TILE_INPUT_ROWS,
+                    >(
+                        tile_weights, tile_inputs, inner, sums
+                    ),
                     (TILE_WEIGHT_ROWS, _) => {
                         for b in 0..tile_r {
                             tile_avx2::<TILE_WEIGHT_ROWS, 1>(
                                 tile_weights,
                                 &tile_inputs[b * inner..(b + 1) * inner],
                                 inner,
-                                &mut sums,
+                                sums,
                             );
                             for sum_row in sums.iter_mut() {
                                 sum_row[b] = sum_row[0];
@@ -332,15 +343,8 @@ fn tiles_avx2(weights: &[f32], inputs: &[f32], inner: usize, outputs: &mut [f32]
                     }
                 }
             }
-            for (a, sum_row) in sums.iter().enumerate().take(tile_o) {
-                for (b, &sum) in sum_row.iter().enumerate().take(tile_r) {
-                    outputs[(o + a) * rows + r + b] = sum;
-                }
-            }
-            r += tile_r;
-        }
-        o += tile_o;
-    }
+        },
+    );
 }
 
 /// One tile: `WEIGHT_ROWS` weight rows against `INPUT_ROWS` input rows (at most the
@@ -1461,6 +1465,40 @@ pub fn weight_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, LlmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_tile_kernel_this_cpu_runs_matches_the_portable_one() {
+        let mut kernels: Vec<(&str, TileKernel)> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                kernels.push(("avx2", tiles_avx2));
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                kernels.push(("avx512", tiles_avx512));
+            }
+        }
+        for (rows, inner, out) in [(1, 40, 9), (2, 16, 4), (3, 37, 13), (5, 48, 6), (8, 64, 7)] {
+            let inputs: Vec<f32> = (0..rows * inner).map(|i| (i % 11) as f32 - 5.0).collect();
+            let weights: Vec<f32> = (0..out * inner)
+                .map(|i| (i % 7) as f32 * 0.5 - 1.5)
+                .collect();
+            let mut expected = vec![0f32; out * rows];
+            tiles_portable(&weights, &inputs, inner, &mut expected);
+            for (name, kernel) in &kernels {
+                let mut actual = vec![f32::NAN; out * rows];
+                kernel(&weights, &inputs, inner, &mut actual);
+                for (e, a) in expected.iter().zip(&actual) {
+                    assert!(
+                        (e - a).abs() <= 1e-3 * e.abs().max(1.0),
+                        "{name} {rows}x{inner}x{out}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn few_rows_matmul_matches_candle_matmul_for_odd_shapes() {

@@ -186,10 +186,7 @@ impl CustomOp1 for FrozenMatmulT {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("frozen-matmul-t needs a contiguous input");
-        };
-        let data = &storage.as_slice::<f32>()?[start..end];
+        let data = super::ops::contiguous_f32(storage, layout, "frozen-matmul-t")?;
         let x = Tensor::from_slice(data, layout.shape(), &Device::Cpu)?;
         let y = x.matmul(&self.weight.t()?)?;
         let shape = y.shape().clone();

@@ -16,6 +16,18 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
+/// The f32 data of a custom op's contiguous CPU input; `op` names the op in the error.
+pub(crate) fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{op} needs a contiguous input");
+    };
+    Ok(&storage.as_slice::<f32>()?[start..end])
+}
+
 /// A CPU storage region as a (copied) tensor, so a custom op can reuse candle's kernels.
 pub(crate) fn cpu_tensor(storage: &CpuStorage, layout: &Layout) -> candle_core::Result<Tensor> {
     let Some((start, end)) = layout.contiguous_offsets() else {
@@ -215,10 +227,7 @@ impl CustomOp1 for SoftmaxLastDim {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("softmax needs a contiguous input");
-        };
-        let input = &storage.as_slice::<f32>()?[start..end];
+        let input = contiguous_f32(storage, layout, "softmax")?;
         let total = layout.shape().dims().last().copied().unwrap_or(1).max(1);
         let mut output = vec![0f32; input.len()];
         output
@@ -324,10 +333,7 @@ impl CustomOp1 for CausalSoftmax {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("causal-softmax needs a contiguous input");
-        };
-        let input = &storage.as_slice::<f32>()?[start..end];
+        let input = contiguous_f32(storage, layout, "causal-softmax")?;
         let dims = layout.shape().dims();
         if dims.len() < 2 {
             candle_core::bail!("causal-softmax needs at least two dims");
