@@ -295,7 +295,7 @@ fn softmax_row_portable(scores: &[f32], out: &mut [f32]) {
 /// `e^x` for `x ≤ 0` (softmax arguments after subtracting the max) within 2 ulp, branch-free so
 /// loops over it vectorise: `x = n ln 2 + r` with `|r| ≤ ln 2 / 2`, `e^r` by its degree-6 Taylor
 /// polynomial (remainder below 1.2e-7 relative), `2^n` written into the exponent bits. Arguments
-/// below −87 (where `e^x` leaves the normal f32 range) and `-inf` give 0.
+/// below −87 (where `e^x` leaves the normal f32 range) and `-inf` give 0; NaN gives NaN.
 #[inline(always)]
 pub(crate) fn exp_polynomial(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
@@ -304,7 +304,8 @@ pub(crate) fn exp_polynomial(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     // 1.5 · 2^23: adding and subtracting it rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
-    let clamped = if x > -87.0 { x } else { -87.0 };
+    // Written so that NaN passes through (a broken score must not become a clean probability).
+    let clamped = if x < -87.0 { -87.0 } else { x };
     let shifted = clamped * LOG2_E + ROUND;
     let n = shifted - ROUND;
     let r = clamped - n * LN2_HI - n * LN2_LO;
@@ -316,10 +317,10 @@ pub(crate) fn exp_polynomial(x: f32) -> f32 {
     // where `n as i32` (a saturating cast) would not.
     let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
     let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
-    if x > -87.0 {
-        p * scale
-    } else {
+    if x < -87.0 {
         0.0
+    } else {
+        p * scale
     }
 }
 
@@ -385,6 +386,13 @@ mod tests {
         assert_eq!(exp_polynomial(0.0), 1.0);
         assert_eq!(exp_polynomial(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp_polynomial(-200.0), 0.0);
+        assert!(exp_polynomial(f32::NAN).is_nan());
+        let mut out = [0f32; 3];
+        softmax_row(&[0.0, f32::NAN, 1.0], &mut out);
+        assert!(
+            out.iter().all(|p| p.is_nan()),
+            "NaN scores must not normalise: {out:?}"
+        );
     }
 
     #[test]
