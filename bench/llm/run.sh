@@ -46,17 +46,26 @@ ours="$repo_root/target/release/examples/bench_prompts"
 
 echo "model: $model; threads: $threads; results in $out_dir" >&2
 RAYON_NUM_THREADS="$threads" "$ours" "$model" "$prompts" | tail -n 1 > "$out_dir/mirrorsim.json"
+ours_rows=(mirrorsim.json)
+# bf16 on AMX where the CPU has it (the engine refuses it in words elsewhere).
+if MIRRORSIM_MATMUL=bf16 RAYON_NUM_THREADS="$threads" "$ours" "$model" "$prompts" \
+    > "$out_dir/mirrorsim_bf16.out" 2> "$out_dir/mirrorsim_bf16.err"; then
+    tail -n 1 "$out_dir/mirrorsim_bf16.out" > "$out_dir/mirrorsim_bf16.json"
+    ours_rows+=(mirrorsim_bf16.json)
+else
+    echo "no bf16 row: $(tail -n 1 "$out_dir/mirrorsim_bf16.err")" >&2
+fi
 OMP_NUM_THREADS="$threads" "$llama_python" "$bench_dir/peer_llama_cpp.py" "$model" "$prompts" "$threads" \
     | tail -n 1 > "$out_dir/llama_cpp.json"
 OMP_NUM_THREADS="$threads" "$hf_python" "$bench_dir/peer_transformers.py" "$model" "$prompts" "$threads" \
     2>/dev/null | tail -n 1 > "$out_dir/transformers.json"
-cat "$out_dir"/mirrorsim.json "$out_dir"/llama_cpp.json "$out_dir"/transformers.json
+for row in "${ours_rows[@]}" llama_cpp.json transformers.json; do cat "$out_dir/$row"; done
 
-python3 - "$out_dir" <<'PY'
+python3 - "$out_dir" "${ours_rows[@]}" <<'PY'
 import json, os, sys
-folder = sys.argv[1]
+folder, ours_names = sys.argv[1], sys.argv[2:]
 rows = [json.load(open(os.path.join(folder, name))) for name in
-        ("mirrorsim.json", "llama_cpp.json", "transformers.json")]
+        (*ours_names, "llama_cpp.json", "transformers.json")]
 columns = [("prefill_tok_s", "prefill tok/s", "{:.0f}"), ("decode_b1_tok_s", "decode b1 tok/s", "{:.1f}"),
            ("decode_b8_tok_s", "decode b8 tok/s", "{:.1f}"), ("score_scene_s", "scoring s/scene", "{:.2f}"),
            ("peak_rss_mb", "peak RSS MB", "{:.0f}")]
@@ -64,10 +73,12 @@ print("| engine | " + " | ".join(title for _, title, _ in columns) + " |")
 print("|---" * (len(columns) + 1) + "|")
 for row in rows:
     print(f"| {row['engine']} | " + " | ".join(fmt.format(row[key]) for key, _, fmt in columns) + " |")
-peers = rows[1:]
-ours = rows[0]
+peers = rows[len(ours_names):]
 best_score = min(peer["score_scene_s"] for peer in peers)
 best_b8 = max(peer["decode_b8_tok_s"] for peer in peers)
-print(f"\nscoring speed-up over the faster peer: {best_score / ours['score_scene_s']:.2f}x; "
-      f"decode b8 ratio to the faster peer: {ours['decode_b8_tok_s'] / best_b8:.2f}x")
+print()
+for ours in rows[:len(ours_names)]:
+    print(f"{ours['engine']}: scoring speed-up over the faster peer: "
+          f"{best_score / ours['score_scene_s']:.2f}x; "
+          f"decode b8 ratio to the faster peer: {ours['decode_b8_tok_s'] / best_b8:.2f}x")
 PY

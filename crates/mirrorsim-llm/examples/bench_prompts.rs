@@ -3,12 +3,13 @@
 //!
 //! cargo run --release -p mirrorsim-llm --example bench_prompts -- MODEL PROMPTS_JSON
 //!
-//! MIRRORSIM_CUDA=N runs on CUDA device N (build with `--features cuda`).
+//! MIRRORSIM_CUDA=N runs on CUDA device N (build with `--features cuda`); MIRRORSIM_MATMUL=bf16
+//! multiplies the dense layers in bf16 on AMX (the row is then named "mirrorsim bf16").
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use mirrorsim_llm::engine::{EngineOptions, LocalEngine};
+use mirrorsim_llm::engine::{EngineOptions, LocalEngine, MatmulPrecision};
 use mirrorsim_llm::{Backend, ChoiceRequest, GenerateRequest, Prompt, SamplingParams};
 use serde_json::{json, Value};
 
@@ -85,8 +86,10 @@ fn main() -> Result<(), BoxError> {
     };
 
     let cuda_device = mirrorsim_llm::engine::cuda_device_from_env()?;
+    let matmul = mirrorsim_llm::engine::matmul_from_env()?;
     let options = EngineOptions {
         cuda_device,
+        matmul,
         ..EngineOptions::default()
     };
     let engine = LocalEngine::load(&model, options)?;
@@ -138,7 +141,10 @@ fn main() -> Result<(), BoxError> {
         .collect();
 
     let result = json!({
-        "engine": "mirrorsim",
+        "engine": match matmul {
+            MatmulPrecision::F32 => "mirrorsim",
+            MatmulPrecision::Bf16 => "mirrorsim bf16",
+        },
         "version": env!("CARGO_PKG_VERSION"),
         "threads": rayon::current_num_threads(),
         "device": cuda_device.map_or("cpu".to_string(), |n| format!("cuda:{n}")),

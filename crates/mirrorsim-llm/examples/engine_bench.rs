@@ -6,7 +6,8 @@
 //! cargo run --release -p mirrorsim-llm --example engine_bench [-- MODEL]
 //!
 //! `ENGINE_BENCH_ONLY=prefill,decode,score,score_shared,matmul` runs only the named sections (for
-//! profiling); `ENGINE_BENCH_SCORE_BATCH=N` sets the engine's `max_score_batch`.
+//! profiling); `ENGINE_BENCH_SCORE_BATCH=N` sets the engine's `max_score_batch`;
+//! `MIRRORSIM_MATMUL=bf16` multiplies the dense layers in bf16 on AMX.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -86,7 +87,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => mirrorsim_llm::default_model::default_model_path()?,
     };
     let started = Instant::now();
-    let mut options = EngineOptions::default();
+    let mut options = EngineOptions {
+        matmul: mirrorsim_llm::engine::matmul_from_env()?,
+        ..EngineOptions::default()
+    };
     if let Some(batch) = std::env::var("ENGINE_BENCH_SCORE_BATCH")
         .ok()
         .and_then(|b| b.parse().ok())

@@ -24,6 +24,12 @@ struct Cli {
     #[arg(long, global = true, env = "MIRRORSIM_CUDA", value_name = "ORDINAL")]
     cuda: Option<usize>,
 
+    /// Precision of local models' dense layers on the CPU: f32 (the reference) or bf16 on Intel
+    /// AMX (Xeon 4th generation and later): faster prefill, scoring and batched decoding
+    /// (BENCHMARKS.md); choice probabilities move by a few thousandths. Training runs in f32.
+    #[arg(long, global = true, env = "MIRRORSIM_MATMUL", default_value = "f32", value_parser = ["f32", "bf16"])]
+    matmul: String,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -71,7 +77,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
-    if let Err(err) = commands::model_arg::select_device(cli.cuda) {
+    if let Err(err) = commands::model_arg::select_device(cli.cuda, &cli.matmul) {
         eprintln!("error: {err:#}");
         return ExitCode::FAILURE;
     }

@@ -224,3 +224,32 @@ fn cuda_flag_on_a_cpu_build_is_refused_with_the_build_command() {
         .expect("run mirrorsim");
     assert!(String::from_utf8_lossy(&output.stderr).contains("--features cuda"));
 }
+
+/// `--matmul bf16` runs the default model's dense layers in bf16 on AMX and still answers; on a
+/// CPU without AMX it stops with an error naming AMX instead of quietly running f32. Unknown
+/// precisions are refused by the argument parser.
+#[test]
+fn matmul_bf16_flag_answers_on_amx_and_is_refused_in_words_elsewhere() {
+    let output = Command::new(env!("CARGO_BIN_EXE_mirrorsim"))
+        .args(["--matmul", "bf16", "chat", "What is the capital of France?"])
+        .output()
+        .expect("run mirrorsim");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    match mirrorsim_llm::model::amx::amx() {
+        Ok(_) => {
+            assert!(output.status.success(), "{stderr}");
+            assert!(stdout.contains("Paris"), "answer: {stdout}");
+        }
+        Err(_) => {
+            assert!(!output.status.success());
+            assert!(stderr.contains("AMX"), "unexpected error: {stderr}");
+        }
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_mirrorsim"))
+        .args(["--matmul", "int8", "chat", "hi"])
+        .output()
+        .expect("run mirrorsim");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("int8"));
+}

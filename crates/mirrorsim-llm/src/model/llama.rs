@@ -13,9 +13,11 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, D};
 
+use super::amx::{Amx, Bf16Weight};
 use super::config::LlamaConfig;
 use super::lora::{frozen_matmul_t, LoraLayer};
 use crate::backend::LlmError;
@@ -27,6 +29,9 @@ pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub lora: Option<LoraLayer>,
+    /// The weight packed in bf16 for AMX ([`Llama::pack_bf16`]); inference uses it when present.
+    /// Whoever changes `weight` must clear it.
+    pub bf16: Option<Arc<Bf16Weight>>,
 }
 
 impl Linear {
@@ -62,15 +67,19 @@ impl Linear {
         y.reshape(dims)
     }
 
-    /// [`Linear::forward`] without gradient tracking; few rows use [`few_rows_matmul_t`].
+    /// [`Linear::forward`] without gradient tracking: the bf16 AMX product when the weight is
+    /// packed, else [`few_rows_matmul_t`] for few rows and candle's gemm for many.
     pub fn forward_inference(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dims = x.dims().to_vec();
         let in_features = dims[dims.len() - 1];
         let rows = x.elem_count() / in_features.max(1);
         let flat = x.reshape((rows, in_features))?;
-        let y = match few_rows_matmul_t(&flat, &self.weight)? {
-            Some(y) => y,
-            None => flat.matmul(&self.weight.t()?)?,
+        let y = match &self.bf16 {
+            Some(packed) => packed.matmul_t_tensor(&flat)?,
+            None => match few_rows_matmul_t(&flat, &self.weight)? {
+                Some(y) => y,
+                None => flat.matmul(&self.weight.t()?)?,
+            },
         };
         self.finish(&flat, y, dims)
     }
@@ -631,6 +640,8 @@ pub struct Llama {
     pub norm: Tensor,
     /// `(vocab, hidden)`; the same tensor as `embed_tokens` when the embeddings are tied.
     pub lm_head: Tensor,
+    /// `lm_head` packed in bf16 for AMX ([`Llama::pack_bf16`]).
+    pub lm_head_bf16: Option<Arc<Bf16Weight>>,
     pub tied_embeddings: bool,
     cos: Tensor,
     sin: Tensor,
@@ -679,6 +690,7 @@ impl WeightStore<'_> {
             weight: self.required(&format!("{prefix}.weight"), &[out, inp])?,
             bias: self.optional(&format!("{prefix}.bias"), &[out])?,
             lora: None,
+            bf16: None,
         })
     }
 }
@@ -748,6 +760,7 @@ impl Llama {
             layers,
             norm,
             lm_head,
+            lm_head_bf16: None,
             tied_embeddings,
             cos,
             sin,
@@ -923,9 +936,14 @@ impl Llama {
                     linear.forward_inference(x)
                 }
             };
-            let gate = project(&layer.mlp.gate_proj, &h)?.silu()?;
+            let gate = project(&layer.mlp.gate_proj, &h)?;
             let up = project(&layer.mlp.up_proj, &h)?;
-            let h = project(&layer.mlp.down_proj, &(gate * up)?)?;
+            let activation = if differentiable {
+                (gate.silu()? * up)?
+            } else {
+                super::ops::silu_mul(&gate, &up)?
+            };
+            let h = project(&layer.mlp.down_proj, &activation)?;
             x = (x_mid + h)?;
         }
         if let Some(cache) = cache {
@@ -974,9 +992,10 @@ impl Llama {
             )?;
             let x_mid = (x + h)?;
             let h = rms_norm(&x_mid, &layer.post_attention_layernorm, eps, false)?;
-            let gate = layer.mlp.gate_proj.forward_inference(&h)?.silu()?;
+            let gate = layer.mlp.gate_proj.forward_inference(&h)?;
             let up = layer.mlp.up_proj.forward_inference(&h)?;
-            let h = layer.mlp.down_proj.forward_inference(&(gate * up)?)?;
+            let activation = super::ops::silu_mul(&gate, &up)?;
+            let h = layer.mlp.down_proj.forward_inference(&activation)?;
             x = (x_mid + h)?;
         }
         rms_norm(&x, &self.norm, eps, false)
@@ -1016,7 +1035,36 @@ impl Llama {
             groups * seq,
             head_dim,
         ))?;
+        let prefix_k = prefix.keys[layer_index].narrow(2, 0, past)?.squeeze(0)?;
+        let prefix_v = prefix.values[layer_index].narrow(2, 0, past)?.squeeze(0)?;
+        let q_rows = q
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((kv_heads, rows, head_dim))?;
         let own = q.matmul(&k.t()?)?;
+        let shared = q_rows.matmul(&prefix_k.t()?)?;
+        if x.device().is_cpu() && x.dtype() == DType::F32 {
+            // One softmax over both score blocks, masked causally, without concatenating them.
+            let shape = super::ops::PrefixAttentionShape {
+                batch,
+                kv_heads,
+                groups,
+                seq,
+                past,
+            };
+            let (shared_probs, own_probs) =
+                super::ops::prefix_attention_softmax(&shared, &own, shape)?;
+            let out_shared = shared_probs.matmul(&prefix_v)?;
+            let out_own = own_probs.matmul(&v)?;
+            let out_shared = out_shared
+                .reshape((kv_heads, batch, groups * seq, head_dim))?
+                .transpose(0, 1)?;
+            let out = (out_shared + out_own)?
+                .reshape((batch, heads, seq, head_dim))?
+                .transpose(1, 2)?
+                .reshape((batch, seq, heads * head_dim))?;
+            return attn.o_proj.forward_inference(&out);
+        }
         let own = match own_mask {
             Some(mask) => own
                 .reshape((batch, kv_heads, groups, seq, seq))?
@@ -1029,21 +1077,9 @@ impl Llama {
             .transpose(0, 1)?
             .contiguous()?
             .reshape((kv_heads, rows, seq))?;
-        let q_rows = q
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((kv_heads, rows, head_dim))?;
-        let prefix_k = prefix.keys[layer_index].narrow(2, 0, past)?.squeeze(0)?;
-        let prefix_v = prefix.values[layer_index].narrow(2, 0, past)?.squeeze(0)?;
-        let shared = q_rows.matmul(&prefix_k.t()?)?;
         let probs = super::ops::softmax_last_dim(&Tensor::cat(&[&shared, &own], 2)?)?;
-        let shared_probs = probs.narrow(2, 0, past)?;
-        // CPU gemm reads rows `past + seq` apart; cuBLAS through candle wants packed rows.
-        let shared_probs = if shared_probs.device().is_cpu() {
-            shared_probs
-        } else {
-            shared_probs.contiguous()?
-        };
+        // cuBLAS through candle wants packed rows.
+        let shared_probs = probs.narrow(2, 0, past)?.contiguous()?;
         let out_shared = shared_probs
             .matmul(&prefix_v)?
             .reshape((kv_heads, batch, groups * seq, head_dim))?
@@ -1074,13 +1110,18 @@ impl Llama {
         logits.reshape(out_dims)
     }
 
-    /// [`Llama::logits`] without gradient tracking (faster for a few rows on the CPU).
+    /// [`Llama::logits`] without gradient tracking (faster for a few rows on the CPU; bf16 on
+    /// AMX when packed).
     pub fn logits_inference(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
         let dims = hidden.dims().to_vec();
         let rows = hidden.elem_count() / self.config.hidden_size;
         let flat = hidden.reshape((rows, self.config.hidden_size))?;
-        let Some(logits) = few_rows_matmul_t(&flat, &self.lm_head)? else {
-            return self.logits(hidden);
+        let logits = match &self.lm_head_bf16 {
+            Some(packed) => packed.matmul_t_tensor(&flat)?,
+            None => match few_rows_matmul_t(&flat, &self.lm_head)? {
+                Some(logits) => logits,
+                None => return self.logits(hidden),
+            },
         };
         let mut out_dims = dims;
         let last = out_dims.len() - 1;
@@ -1097,6 +1138,38 @@ impl Llama {
         let ids = Tensor::new(token_ids, &self.device)?;
         let head = self.lm_head.index_select(&ids, 0)?;
         hidden.matmul(&head.t()?)
+    }
+
+    /// Packs every dense layer and the output layer in bf16 for AMX, so that inference
+    /// (`forward_inference`, `logits_inference`) multiplies in bf16; training and the
+    /// label-restricted scoring head keep the f32 weights. Call after the last weight change
+    /// (an adapter merge clears what it changes). Needs the weights on the CPU.
+    pub fn pack_bf16(&mut self, amx: Amx) -> Result<(), LlmError> {
+        if !matches!(self.device, Device::Cpu) {
+            return Err(LlmError::BadRequest(
+                "bf16 matmul is the CPU's AMX path; on CUDA leave the matmul at f32".into(),
+            ));
+        }
+        let compute = |e: candle_core::Error| LlmError::Compute(e.to_string());
+        for layer in &mut self.layers {
+            let attention = &mut layer.self_attn;
+            let mlp = &mut layer.mlp;
+            for linear in [
+                &mut attention.q_proj,
+                &mut attention.k_proj,
+                &mut attention.v_proj,
+                &mut attention.o_proj,
+                &mut mlp.gate_proj,
+                &mut mlp.up_proj,
+                &mut mlp.down_proj,
+            ] {
+                let packed = Bf16Weight::from_tensor(amx, &linear.weight).map_err(compute)?;
+                linear.bf16 = Some(Arc::new(packed));
+            }
+        }
+        let packed = Bf16Weight::from_tensor(amx, &self.lm_head).map_err(compute)?;
+        self.lm_head_bf16 = Some(Arc::new(packed));
+        Ok(())
     }
 
     /// Full forward without a cache from position 0 with a causal mask: logits `(batch, seq, vocab)`.

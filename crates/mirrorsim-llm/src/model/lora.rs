@@ -432,6 +432,7 @@ impl Llama {
                 if let Some(lora) = linear.lora.take() {
                     let delta = lora.weight_delta().map_err(compute)?;
                     linear.weight = (&linear.weight + delta).map_err(compute)?;
+                    linear.bf16 = None;
                 }
             }
         }

@@ -2,6 +2,7 @@
 //!
 //! One file per family; [`llama`] covers Llama and Qwen2 (SmolLM2 is Llama).
 
+pub mod amx;
 pub mod config;
 pub mod llama;
 pub mod lora;

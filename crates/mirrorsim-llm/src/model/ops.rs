@@ -238,6 +238,149 @@ impl CustomOp1 for SoftmaxLastDim {
     }
 }
 
+/// `silu(gate) · up`, the gated MLP's activation, in one pass (no gradient: inference only). On
+/// the CPU in f32 the exponential is [`exp_polynomial`] (candle's `silu` calls libm's scalar
+/// `expf`) and no intermediate tensor is made; elsewhere the composite ops are used.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+    if !cpu_f32(gate) || !cpu_f32(up) || gate.dims() != up.dims() {
+        return gate.silu()? * up;
+    }
+    let gate = gate.contiguous()?;
+    let up = up.contiguous()?;
+    let (gate_storage, gate_layout) = gate.storage_and_layout();
+    let (up_storage, up_layout) = up.storage_and_layout();
+    let (candle_core::Storage::Cpu(gate_cpu), candle_core::Storage::Cpu(up_cpu)) =
+        (&*gate_storage, &*up_storage)
+    else {
+        candle_core::bail!("silu_mul: CPU tensors expected");
+    };
+    let gates = contiguous_f32(gate_cpu, gate_layout, "silu_mul")?;
+    let ups = contiguous_f32(up_cpu, up_layout, "silu_mul")?;
+    const CHUNK: usize = 4096;
+    let mut out = vec![0f32; gates.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(gates.par_chunks(CHUNK).zip(ups.par_chunks(CHUNK)))
+        .for_each(|(out, (gates, ups))| {
+            for ((o, &g), &u) in out.iter_mut().zip(gates).zip(ups) {
+                // e^(-g) overflows past 87; silu(g) is 0 to f32 precision there. NaN passes.
+                let negated = if -g > 87.0 { 87.0 } else { -g };
+                *o = g / (1.0 + exp_polynomial(negated)) * u;
+            }
+        });
+    drop(gate_storage);
+    drop(up_storage);
+    Tensor::from_vec(out, gate.shape(), &Device::Cpu)
+}
+
+/// Layout of the attention scores of continuations scored on top of a shared prefix.
+#[derive(Debug, Clone, Copy)]
+pub struct PrefixAttentionShape {
+    pub batch: usize,
+    pub kv_heads: usize,
+    /// Query heads per key/value head.
+    pub groups: usize,
+    /// Continuation length.
+    pub seq: usize,
+    /// Prefix length.
+    pub past: usize,
+}
+
+/// The attention probabilities of continuations on top of a shared prefix, from their two score
+/// blocks, without concatenating them: `shared (kv_heads, batch·groups·seq, past)` against the
+/// prefix keys and `own (batch, kv_heads, groups·seq, seq)` against the continuation's own keys,
+/// where the query at continuation position `p` sees own keys `0..=p` (the causal mask is applied
+/// here). Each query's softmax runs over its shared and visible own scores together; the result
+/// keeps both layouts, so each block multiplies its values directly. CPU, f32, inference only.
+pub fn prefix_attention_softmax(
+    shared: &Tensor,
+    own: &Tensor,
+    shape: PrefixAttentionShape,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let PrefixAttentionShape {
+        batch,
+        kv_heads,
+        groups,
+        seq,
+        past,
+    } = shape;
+    let rows = groups * seq;
+    if shared.dims() != [kv_heads, batch * rows, past] || own.dims() != [batch, kv_heads, rows, seq]
+    {
+        candle_core::bail!(
+            "prefix attention scores have shapes {:?} and {:?}, expected {:?} and {:?}",
+            shared.dims(),
+            own.dims(),
+            [kv_heads, batch * rows, past],
+            [batch, kv_heads, rows, seq]
+        );
+    }
+    if !cpu_f32(shared) || !cpu_f32(own) {
+        candle_core::bail!("prefix_attention_softmax runs on f32 CPU tensors");
+    }
+    let shared = shared.contiguous()?;
+    let own = own.contiguous()?;
+    let (shared_storage, shared_layout) = shared.storage_and_layout();
+    let (own_storage, own_layout) = own.storage_and_layout();
+    let (candle_core::Storage::Cpu(shared_cpu), candle_core::Storage::Cpu(own_cpu)) =
+        (&*shared_storage, &*own_storage)
+    else {
+        candle_core::bail!("prefix_attention_softmax runs on f32 CPU tensors");
+    };
+    let shared_scores = contiguous_f32(shared_cpu, shared_layout, "prefix attention")?;
+    let own_scores = contiguous_f32(own_cpu, own_layout, "prefix attention")?;
+    let mut shared_probs = vec![0f32; shared_scores.len()];
+    let mut own_probs = vec![0f32; own_scores.len()];
+    // One block per (batch row, kv head): `rows` queries, contiguous in both layouts.
+    let mut shared_blocks: Vec<Option<&mut [f32]>> = shared_probs
+        .chunks_mut(rows * past.max(1))
+        .map(Some)
+        .collect();
+    if past == 0 {
+        shared_blocks = (0..batch * kv_heads).map(|_| None).collect();
+    }
+    let mut own_blocks: Vec<Option<&mut [f32]>> =
+        own_probs.chunks_mut(rows * seq).map(Some).collect();
+    let mut blocks = Vec::with_capacity(batch * kv_heads);
+    for b in 0..batch {
+        for h in 0..kv_heads {
+            let shared_block = shared_blocks[h * batch + b].take();
+            let own_block = own_blocks[b * kv_heads + h].take();
+            blocks.push((b, h, shared_block, own_block));
+        }
+    }
+    blocks
+        .into_par_iter()
+        .for_each(|(b, h, shared_block, own_block)| {
+            let Some(own_block) = own_block else {
+                return;
+            };
+            let shared_start = (h * batch + b) * rows * past;
+            let own_start = (b * kv_heads + h) * rows * seq;
+            let mut scores = vec![0f32; past + seq];
+            let mut probs = vec![0f32; past + seq];
+            let mut shared_block = shared_block;
+            for row in 0..rows {
+                let visible = row % seq + 1;
+                let shared_row = &shared_scores[shared_start + row * past..][..past];
+                let own_row = &own_scores[own_start + row * seq..][..seq];
+                scores[..past].copy_from_slice(shared_row);
+                scores[past..past + visible].copy_from_slice(&own_row[..visible]);
+                softmax_row(&scores[..past + visible], &mut probs[..past + visible]);
+                if let Some(block) = shared_block.as_deref_mut() {
+                    block[row * past..(row + 1) * past].copy_from_slice(&probs[..past]);
+                }
+                own_block[row * seq..row * seq + visible]
+                    .copy_from_slice(&probs[past..past + visible]);
+            }
+        });
+    drop(shared_storage);
+    drop(own_storage);
+    Ok((
+        Tensor::from_vec(shared_probs, (kv_heads, batch * rows, past), &Device::Cpu)?,
+        Tensor::from_vec(own_probs, (batch, kv_heads, rows, seq), &Device::Cpu)?,
+    ))
+}
+
 /// `out = softmax(scores)` for one row (`-inf` scores get exactly 0; a row of only `-inf` gives
 /// NaN like candle's). Uses AVX-512 where the CPU has it, chosen at run time.
 pub fn softmax_row(scores: &[f32], out: &mut [f32]) {
@@ -369,6 +512,104 @@ impl CustomOp1 for CausalSoftmax {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn silu_mul_matches_candle_silu_times_up() {
+        let gate: Vec<f32> = (0..5000).map(|i| (i as f32 - 2500.0) * 0.04).collect();
+        let up: Vec<f32> = (0..5000)
+            .map(|i| ((i * 7919) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let gate = Tensor::from_vec(gate, (50, 100), &Device::Cpu).unwrap();
+        let up = Tensor::from_vec(up, (50, 100), &Device::Cpu).unwrap();
+        let expected: Vec<f32> = (gate.silu().unwrap() * &up)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let actual: Vec<f32> = silu_mul(&gate, &up)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (a, e) in actual.iter().zip(&expected) {
+            assert!((a - e).abs() <= 1e-6 * e.abs().max(1.0), "{a} vs {e}");
+        }
+        let extremes = Tensor::new(&[-200f32, -88.0, 88.0, 200.0, f32::NAN], &Device::Cpu).unwrap();
+        let ones = Tensor::ones(5, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let out: Vec<f32> = silu_mul(&extremes, &ones).unwrap().to_vec1().unwrap();
+        assert!(out[0].abs() < 1e-30 && out[1].abs() < 1e-30, "{out:?}");
+        assert_eq!(&out[2..4], &[88.0, 200.0]);
+        assert!(out[4].is_nan(), "NaN passes through");
+    }
+
+    #[test]
+    fn prefix_attention_softmax_equals_the_masked_softmax_of_the_concatenation() {
+        let shape = PrefixAttentionShape {
+            batch: 2,
+            kv_heads: 3,
+            groups: 2,
+            seq: 5,
+            past: 7,
+        };
+        let rows = shape.groups * shape.seq;
+        let count = |n: usize, salt: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i + salt) * 2654435761) % 1000) as f32 / 125.0 - 4.0)
+                .collect()
+        };
+        let shared = Tensor::from_vec(
+            count(shape.kv_heads * shape.batch * rows * shape.past, 1),
+            (shape.kv_heads, shape.batch * rows, shape.past),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let own = Tensor::from_vec(
+            count(shape.batch * shape.kv_heads * rows * shape.seq, 2),
+            (shape.batch, shape.kv_heads, rows, shape.seq),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let (shared_probs, own_probs) = prefix_attention_softmax(&shared, &own, shape).unwrap();
+        let shared_probs = shared_probs.to_vec3::<f32>().unwrap();
+        let own_probs: Vec<Vec<Vec<Vec<f32>>>> = (0..shape.batch)
+            .map(|b| own_probs.get(b).unwrap().to_vec3().unwrap())
+            .collect();
+        let shared_scores = shared.to_vec3::<f32>().unwrap();
+        let own_scores: Vec<Vec<Vec<Vec<f32>>>> = (0..shape.batch)
+            .map(|b| own.get(b).unwrap().to_vec3().unwrap())
+            .collect();
+        for b in 0..shape.batch {
+            for h in 0..shape.kv_heads {
+                for row in 0..rows {
+                    let visible = row % shape.seq + 1;
+                    let shared_row = &shared_scores[h][b * rows + row];
+                    let own_row = &own_scores[b][h][row];
+                    let all: Vec<f64> = shared_row
+                        .iter()
+                        .chain(&own_row[..visible])
+                        .map(|&v| v as f64)
+                        .collect();
+                    let max = all.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let total: f64 = all.iter().map(|v| (v - max).exp()).sum();
+                    let expected: Vec<f64> = all.iter().map(|v| (v - max).exp() / total).collect();
+                    let actual: Vec<f32> = shared_probs[h][b * rows + row]
+                        .iter()
+                        .chain(&own_probs[b][h][row])
+                        .copied()
+                        .collect();
+                    for (j, &a) in actual.iter().enumerate() {
+                        let e = expected.get(j).copied().unwrap_or(0.0);
+                        assert!(
+                            (a as f64 - e).abs() < 1e-6,
+                            "b{b} h{h} row{row} [{j}]: {a} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn exp_polynomial_is_within_three_ulp_of_exp_on_the_softmax_range() {

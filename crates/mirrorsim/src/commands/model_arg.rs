@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use anyhow::Context;
 use clap::Args;
-use mirrorsim_llm::engine::{EngineOptions, LocalEngine};
+use mirrorsim_llm::engine::{EngineOptions, LocalEngine, MatmulPrecision};
 use mirrorsim_llm::http::{HttpBackend, HttpConfig};
 use mirrorsim_llm::Backend;
 
@@ -42,16 +42,25 @@ impl ModelArgs {
 }
 
 static CUDA_DEVICE: OnceLock<Option<usize>> = OnceLock::new();
+static MATMUL: OnceLock<MatmulPrecision> = OnceLock::new();
 
-/// Chooses, once per process, where every local model of this run lives: the CUDA device
-/// `ordinal`, or the CPU for `None`. Refuses a device when this binary was built without CUDA.
-pub fn select_device(ordinal: Option<usize>) -> anyhow::Result<()> {
+/// Chooses, once per process, where every local model of this run lives (the CUDA device
+/// `ordinal`, or the CPU for `None`) and how its dense layers multiply on the CPU (`matmul`:
+/// `f32` or `bf16`). Refuses a device when this binary was built without CUDA, and bf16 on CUDA.
+pub fn select_device(ordinal: Option<usize>, matmul: &str) -> anyhow::Result<()> {
     if ordinal.is_some() && !cfg!(feature = "cuda") {
         anyhow::bail!(
             "--cuda needs a build with CUDA: cargo build --release -p mirrorsim --features cuda \
              (with nvcc on PATH)"
         );
     }
+    let matmul: MatmulPrecision = matmul.parse()?;
+    if ordinal.is_some() && matmul == MatmulPrecision::Bf16 {
+        anyhow::bail!("--matmul bf16 is the CPU's AMX path; drop it with --cuda");
+    }
+    MATMUL
+        .set(matmul)
+        .map_err(|_| anyhow::anyhow!("the matmul precision was already chosen"))?;
     CUDA_DEVICE
         .set(ordinal)
         .map_err(|_| anyhow::anyhow!("the compute device was already chosen"))
@@ -62,10 +71,11 @@ pub fn cuda_device() -> Option<usize> {
     CUDA_DEVICE.get().copied().flatten()
 }
 
-/// Engine options for a local model on the chosen device.
+/// Engine options for a local model on the chosen device, at the chosen matmul precision.
 pub fn engine_options() -> EngineOptions {
     EngineOptions {
         cuda_device: cuda_device(),
+        matmul: MATMUL.get().copied().unwrap_or_default(),
         ..EngineOptions::default()
     }
 }
