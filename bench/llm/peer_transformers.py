@@ -1,5 +1,8 @@
 """HF transformers (PyTorch, float32, SDPA, GGUF dequantised via gguf_file=) side of the LLM
 benchmark; prints one JSON object. BENCH_DEVICE=cuda runs on the GPU (default: cpu).
+BENCH_AUTOCAST=bf16 runs every forward under torch.autocast(bfloat16): PyTorch's own mixed
+precision, whose matmuls use oneDNN's AMX kernels on CPUs that have them (the peer of our
+--matmul bf16).
     python peer_transformers.py <model.gguf> <prompts.json> [threads]
 """
 import json
@@ -25,6 +28,12 @@ DEVICE = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
 model.to(DEVICE)
 model.eval()
 PAD = 2
+AUTOCAST = os.environ.get("BENCH_AUTOCAST", "")
+if AUTOCAST not in ("", "bf16"):
+    sys.exit(f"BENCH_AUTOCAST must be bf16 or unset, not {AUTOCAST!r}")
+if AUTOCAST:
+    # Entered once for the whole script: autocast is thread-local state.
+    torch.autocast(DEVICE.type, dtype=torch.bfloat16).__enter__()
 
 
 def sync():
@@ -50,7 +59,8 @@ def best_of(repeats, function):
     return min(times)
 
 
-results = {"engine": "transformers", "threads": threads, "weights": "f32 (dequantised Q4_1)",
+results = {"engine": "transformers" + (" bf16-autocast" if AUTOCAST else ""), "threads": threads,
+           "weights": "f32 (dequantised Q4_1)" + (", bf16 autocast" if AUTOCAST else ""),
            "device": str(DEVICE),
            "version": f"transformers {transformers.__version__}, torch {torch.__version__}"}
 prefill_ids = tensor([tokenize(prompts["prefill_text"])])

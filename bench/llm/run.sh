@@ -2,6 +2,9 @@
 # LLM engine benchmark: our engine, llama.cpp (llama-cpp-python) and HF transformers (PyTorch
 # CPU, float32, SDPA, GGUF dequantised through gguf_file=) on the same model and the same prompts
 # (bench/llm/prompts.json), with the same thread count. Prints one JSON line per engine and a table.
+# On a CPU with Intel AMX, two more rows: ours with --matmul bf16 and transformers under
+# torch.autocast(bfloat16). llama.cpp runs its AVX-512/VNNI build: its native AMX build dies with
+# SIGILL on the VMs we measure on (llama-cpp-python 0.3.36, GGML_NATIVE=ON, tried 2026-11-27).
 #
 #   bench/llm/run.sh [MODEL.gguf]         default: the SmolLM2 GGUF from scripts/fetch-model.sh
 #
@@ -59,13 +62,20 @@ OMP_NUM_THREADS="$threads" "$llama_python" "$bench_dir/peer_llama_cpp.py" "$mode
     | tail -n 1 > "$out_dir/llama_cpp.json"
 OMP_NUM_THREADS="$threads" "$hf_python" "$bench_dir/peer_transformers.py" "$model" "$prompts" "$threads" \
     2>/dev/null | tail -n 1 > "$out_dir/transformers.json"
-for row in "${ours_rows[@]}" llama_cpp.json transformers.json; do cat "$out_dir/$row"; done
+peer_rows=(llama_cpp.json transformers.json)
+if [[ ${#ours_rows[@]} -gt 1 ]]; then
+    # Our bf16 row's peer: PyTorch's own bf16 mixed precision (oneDNN AMX matmuls).
+    BENCH_AUTOCAST=bf16 OMP_NUM_THREADS="$threads" "$hf_python" "$bench_dir/peer_transformers.py" \
+        "$model" "$prompts" "$threads" 2>/dev/null | tail -n 1 > "$out_dir/transformers_bf16.json"
+    peer_rows+=(transformers_bf16.json)
+fi
+for row in "${ours_rows[@]}" "${peer_rows[@]}"; do cat "$out_dir/$row"; done
 
-python3 - "$out_dir" "${ours_rows[@]}" <<'PY'
+python3 - "$out_dir" "${#ours_rows[@]}" "${ours_rows[@]}" "${peer_rows[@]}" <<'PY'
 import json, os, sys
-folder, ours_names = sys.argv[1], sys.argv[2:]
-rows = [json.load(open(os.path.join(folder, name))) for name in
-        (*ours_names, "llama_cpp.json", "transformers.json")]
+folder, ours_count, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+ours_names = names[:ours_count]
+rows = [json.load(open(os.path.join(folder, name))) for name in names]
 columns = [("prefill_tok_s", "prefill tok/s", "{:.0f}"), ("decode_b1_tok_s", "decode b1 tok/s", "{:.1f}"),
            ("decode_b8_tok_s", "decode b8 tok/s", "{:.1f}"), ("score_scene_s", "scoring s/scene", "{:.2f}"),
            ("peak_rss_mb", "peak RSS MB", "{:.0f}")]
@@ -74,11 +84,13 @@ print("|---" * (len(columns) + 1) + "|")
 for row in rows:
     print(f"| {row['engine']} | " + " | ".join(fmt.format(row[key]) for key, _, fmt in columns) + " |")
 peers = rows[len(ours_names):]
-best_score = min(peer["score_scene_s"] for peer in peers)
-best_b8 = max(peer["decode_b8_tok_s"] for peer in peers)
 print()
 for ours in rows[:len(ours_names)]:
-    print(f"{ours['engine']}: scoring speed-up over the faster peer: "
-          f"{best_score / ours['score_scene_s']:.2f}x; "
-          f"decode b8 ratio to the faster peer: {ours['decode_b8_tok_s'] / best_b8:.2f}x")
+    for label, group in (("f32/Q4_1 peers", [p for p in peers if "bf16" not in p["engine"]]),
+                         ("all peers", peers)):
+        best_score = min(peer["score_scene_s"] for peer in group)
+        best_b8 = max(peer["decode_b8_tok_s"] for peer in group)
+        print(f"{ours['engine']} vs the faster of the {label}: scoring speed-up "
+              f"{best_score / ours['score_scene_s']:.2f}x; decode b8 ratio "
+              f"{ours['decode_b8_tok_s'] / best_b8:.2f}x")
 PY

@@ -2,7 +2,10 @@
 the GGUF model dequantised by transformers (float32), LoRA r=16, alpha=32, dropout 0.05 on
 q,k,v,o,gate,up,down, AdamW lr 2e-4, batch 1, the same fixed token sequence, loss on its second
 half. Prints one JSON line: median step time over the steps after the first, peak RSS.
-BENCH_DEVICE=cuda trains on the GPU (default: cpu)."""
+BENCH_DEVICE=cuda trains on the GPU (default: cpu). BENCH_AUTOCAST=bf16 runs forward and loss
+under torch.autocast(bfloat16), PyTorch's mixed precision (oneDNN AMX matmuls where the CPU has
+AMX; weights, LoRA parameters and optimizer stay f32): the peer of our MIRRORSIM_MATMUL=bf16."""
+import contextlib
 import json
 import os
 import resource
@@ -32,10 +35,14 @@ tokens = torch.tensor([[(i * 7919) % 49000 + 17 for i in range(seq_len)]], devic
 labels = tokens.clone()
 labels[0, : seq_len // 2] = -100
 optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+autocast = os.environ.get("BENCH_AUTOCAST", "")
+if autocast not in ("", "bf16"):
+    sys.exit(f"BENCH_AUTOCAST must be bf16 or unset, not {autocast!r}")
 times = []
 for step in range(steps):
     started = time.perf_counter()
-    loss = model(input_ids=tokens, labels=labels).loss
+    with torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+        loss = model(input_ids=tokens, labels=labels).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad()
@@ -49,7 +56,7 @@ times.sort()
 median = times[len(times) // 2]
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 gpu = {"peak_gpu_allocated_mib": round(torch.cuda.max_memory_allocated() / 2**20)} if device.type == "cuda" else {}
-print(json.dumps({"engine": "pytorch+peft", "device": str(device), "torch": torch.__version__, "seq_len": seq_len,
+print(json.dumps({"engine": "pytorch+peft" + (" bf16-autocast" if autocast else ""), "device": str(device), "torch": torch.__version__, "seq_len": seq_len,
                   **gpu,
                   "step_s": round(median, 3), "tokens_per_s": round(seq_len / median, 1),
                   "peak_rss_mib": round(peak)}))

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # LoRA SFT speed: our trainer (examples/sft_step.rs) against PyTorch + PEFT on CPU, same model
 # (SmolLM2-135M-Instruct GGUF, dequantised to f32 by both), same token sequence, same LoRA
-# (r=16, alpha=32, all seven projections), batch 1, same thread count.
+# (r=16, alpha=32, all seven projections), batch 1, same thread count. On a CPU with Intel AMX,
+# two more rows: ours with the frozen base products in bf16 (MIRRORSIM_MATMUL=bf16) and PEFT
+# under torch.autocast(bfloat16).
 #
 #   bench/train/run.sh [MODEL.gguf]      SEQ_LEN (default 512), STEPS (default 4), BENCH_THREADS (2)
 #
@@ -30,14 +32,31 @@ ours=$(RAYON_NUM_THREADS="$threads" CANDLE_NUM_THREADS="$threads" \
     "$repo_root/target/release/examples/sft_step" "$model" "$seq_len" "$steps" | tail -n 1)
 peer=$(OMP_NUM_THREADS="$threads" "$python" "$repo_root/bench/train/peer_peft.py" \
     "$model" "$seq_len" "$steps" "$threads" 2>/dev/null | tail -n 1)
-echo "$ours"
-echo "$peer"
-python3 - "$ours" "$peer" <<'PY'
+rows=("$ours" "$peer")
+# bf16 where the CPU has AMX: ours with MIRRORSIM_MATMUL=bf16 beside PyTorch's bf16 autocast.
+if ours_bf16=$(MIRRORSIM_MATMUL=bf16 RAYON_NUM_THREADS="$threads" CANDLE_NUM_THREADS="$threads" \
+    "$repo_root/target/release/examples/sft_step" "$model" "$seq_len" "$steps" 2>/dev/null | tail -n 1) \
+    && [[ -n "$ours_bf16" ]]; then
+    peer_bf16=$(BENCH_AUTOCAST=bf16 OMP_NUM_THREADS="$threads" "$python" \
+        "$repo_root/bench/train/peer_peft.py" "$model" "$seq_len" "$steps" "$threads" 2>/dev/null | tail -n 1)
+    rows+=("$ours_bf16" "$peer_bf16")
+else
+    echo "no bf16 rows: this CPU has no AMX" >&2
+fi
+printf '%s\n' "${rows[@]}"
+python3 - "${rows[@]}" <<'PY'
 import json, sys
-ours, peer = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-print(f"{'':14} {'step s':>8} {'tokens/s':>9} {'peak RSS MiB':>13}")
-for row in (ours, peer):
-    print(f"{row['engine']:14} {row['step_s']:8.2f} {row['tokens_per_s']:9.1f} {row['peak_rss_mib']:13.0f}")
-print(f"ratio (ours / PyTorch+PEFT): tokens/s {ours['tokens_per_s'] / peer['tokens_per_s']:.2f}x, "
-      f"peak RSS {ours['peak_rss_mib'] / peer['peak_rss_mib']:.2f}x")
+rows = [json.loads(row) for row in sys.argv[1:]]
+print(f"{'':28} {'step s':>8} {'tokens/s':>9} {'peak RSS MiB':>13}")
+for row in rows:
+    print(f"{row['engine']:28} {row['step_s']:8.2f} {row['tokens_per_s']:9.1f} {row['peak_rss_mib']:13.0f}")
+for ours, peer in zip(rows[0::2], rows[1::2]):
+    print(f"ratio ({ours['engine']} / {peer['engine']}): tokens/s "
+          f"{ours['tokens_per_s'] / peer['tokens_per_s']:.2f}x, "
+          f"peak RSS {ours['peak_rss_mib'] / peer['peak_rss_mib']:.2f}x")
+if len(rows) == 4:
+    ours, peer = rows[2], rows[1]
+    print(f"ratio ({ours['engine']} / {peer['engine']}): tokens/s "
+          f"{ours['tokens_per_s'] / peer['tokens_per_s']:.2f}x, "
+          f"peak RSS {ours['peak_rss_mib'] / peer['peak_rss_mib']:.2f}x")
 PY

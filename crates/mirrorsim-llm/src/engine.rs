@@ -258,7 +258,7 @@ impl LocalEngine {
         let mut model = model;
         if options.matmul == MatmulPrecision::Bf16 {
             let amx = crate::model::amx::amx().map_err(|message| load_error(path, message))?;
-            model.pack_bf16(amx)?;
+            model.pack_bf16(amx, false)?;
         }
         Ok(LocalEngine {
             model,

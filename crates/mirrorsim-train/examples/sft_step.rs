@@ -5,7 +5,8 @@
 //!
 //! cargo run --release -p mirrorsim-train --example sft_step [-- MODEL [SEQ_LEN [STEPS]]]
 //!
-//! MIRRORSIM_CUDA=N trains on CUDA device N (build with `--features cuda`).
+//! MIRRORSIM_CUDA=N trains on CUDA device N (build with `--features cuda`); MIRRORSIM_MATMUL=bf16
+//! multiplies the frozen base weights in bf16 on Intel AMX (the row is "mirrorsim bf16").
 
 use std::time::Instant;
 
@@ -30,6 +31,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let engine = LocalEngine::load(&model_path, options)?;
     let (mut model, _, _, _) = engine.into_parts();
+    let matmul = mirrorsim_llm::engine::matmul_from_env()?;
+    if matmul == mirrorsim_llm::engine::MatmulPrecision::Bf16 {
+        model.pack_bf16(mirrorsim_llm::model::amx::amx()?, true)?;
+    }
     let device = model.device().clone();
     model.attach_lora(&LoraConfig::default(), 0)?;
     let tokens: Vec<u32> = (0..seq_len as u32)
@@ -81,7 +86,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN);
     println!(
-        "{{\"engine\": \"mirrorsim\", \"device\": \"{}\", \"seq_len\": {seq_len}, \"step_s\": {median:.3}, \"tokens_per_s\": {:.1}, \"peak_rss_mib\": {peak_rss_mib:.0}}}",
+        "{{\"engine\": \"{}\", \"device\": \"{}\", \"seq_len\": {seq_len}, \"step_s\": {median:.3}, \"tokens_per_s\": {:.1}, \"peak_rss_mib\": {peak_rss_mib:.0}}}",
+        match matmul {
+            mirrorsim_llm::engine::MatmulPrecision::F32 => "mirrorsim",
+            mirrorsim_llm::engine::MatmulPrecision::Bf16 => "mirrorsim bf16",
+        },
         cuda_device.map_or("cpu".to_string(), |n| format!("cuda:{n}")),
         seq_len as f64 / median
     );

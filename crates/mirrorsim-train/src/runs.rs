@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use mirrorsim_llm::chat_template::ChatTemplate;
-use mirrorsim_llm::engine::{EngineOptions, LocalEngine};
+use mirrorsim_llm::engine::{EngineOptions, LocalEngine, MatmulPrecision};
 use mirrorsim_llm::model::Llama;
 use mirrorsim_llm::tokenizer::ModelTokenizer;
 
@@ -26,6 +26,9 @@ pub struct RunPaths {
     pub out: PathBuf,
     /// CUDA device ordinal (needs the `cuda` feature); `None` trains on the CPU.
     pub cuda_device: Option<usize>,
+    /// Precision of the frozen base weights' products on the CPU (bf16 needs Intel AMX); the
+    /// adapters, attention and the optimizer stay f32.
+    pub matmul: MatmulPrecision,
 }
 
 struct LoadedModel {
@@ -43,7 +46,12 @@ fn load(paths: &RunPaths) -> Result<LoadedModel, TrainError> {
             ..EngineOptions::default()
         },
     )?;
-    let (model, tokenizer, template, model_id) = engine.into_parts();
+    let (mut model, tokenizer, template, model_id) = engine.into_parts();
+    if paths.matmul == MatmulPrecision::Bf16 {
+        let amx = mirrorsim_llm::model::amx::amx()
+            .map_err(|message| TrainError::file(&paths.model, message))?;
+        model.pack_bf16(amx, true)?;
+    }
     let template = template.ok_or_else(|| {
         TrainError::file(
             &paths.model,

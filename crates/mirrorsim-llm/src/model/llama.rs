@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 use super::amx::{Amx, Bf16Weight};
 use super::config::LlamaConfig;
-use super::lora::{frozen_matmul_t, LoraLayer};
+use super::lora::{frozen_matmul_t, FrozenBf16, LoraLayer};
 use crate::backend::LlmError;
 
 /// A dense layer `y = x Wᵀ + b` with the HF weight layout `(out, in)`, and optionally a LoRA
@@ -29,9 +29,11 @@ pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub lora: Option<LoraLayer>,
-    /// The weight packed in bf16 for AMX ([`Llama::pack_bf16`]); inference uses it when present.
-    /// Whoever changes `weight` must clear it.
+    /// The weight packed in bf16 for AMX ([`Llama::pack_bf16`]): inference uses it when present,
+    /// training when `bf16_backward` is there too. Whoever changes `weight` must clear both.
     pub bf16: Option<Arc<Bf16Weight>>,
+    /// The transposed weight packed in bf16, for the input's gradient `dy · W` in training.
+    pub bf16_backward: Option<Arc<Bf16Weight>>,
 }
 
 impl Linear {
@@ -42,8 +44,16 @@ impl Linear {
         let in_features = dims[dims.len() - 1];
         let rows = x.elem_count() / in_features.max(1);
         let flat = x.reshape((rows, in_features))?;
-        let y = frozen_matmul_t(&flat, &self.weight)?;
+        let y = frozen_matmul_t(&flat, &self.weight, self.bf16_pair())?;
         self.finish(&flat, y, dims)
+    }
+
+    /// The forward and backward bf16 packs, when training may use them.
+    fn bf16_pair(&self) -> Option<FrozenBf16<'_>> {
+        Some(FrozenBf16 {
+            forward: self.bf16.as_ref()?,
+            backward: self.bf16_backward.as_ref()?,
+        })
     }
 
     /// Adds the adapter and the bias to the flat `(rows, out)` product and restores the input's
@@ -642,6 +652,8 @@ pub struct Llama {
     pub lm_head: Tensor,
     /// `lm_head` packed in bf16 for AMX ([`Llama::pack_bf16`]).
     pub lm_head_bf16: Option<Arc<Bf16Weight>>,
+    /// `lm_head` transposed and packed in bf16, for training.
+    pub lm_head_bf16_backward: Option<Arc<Bf16Weight>>,
     pub tied_embeddings: bool,
     cos: Tensor,
     sin: Tensor,
@@ -691,6 +703,7 @@ impl WeightStore<'_> {
             bias: self.optional(&format!("{prefix}.bias"), &[out])?,
             lora: None,
             bf16: None,
+            bf16_backward: None,
         })
     }
 }
@@ -761,6 +774,7 @@ impl Llama {
             norm,
             lm_head,
             lm_head_bf16: None,
+            lm_head_bf16_backward: None,
             tied_embeddings,
             cos,
             sin,
@@ -1103,7 +1117,11 @@ impl Llama {
         let dims = hidden.dims().to_vec();
         let rows = hidden.elem_count() / self.config.hidden_size;
         let flat = hidden.reshape((rows, self.config.hidden_size))?;
-        let logits = frozen_matmul_t(&flat, &self.lm_head)?;
+        let packed = match (&self.lm_head_bf16, &self.lm_head_bf16_backward) {
+            (Some(forward), Some(backward)) => Some(FrozenBf16 { forward, backward }),
+            _ => None,
+        };
+        let logits = frozen_matmul_t(&flat, &self.lm_head, packed)?;
         let mut out_dims = dims;
         let last = out_dims.len() - 1;
         out_dims[last] = self.config.vocab_size;
@@ -1141,16 +1159,31 @@ impl Llama {
     }
 
     /// Packs every dense layer and the output layer in bf16 for AMX, so that inference
-    /// (`forward_inference`, `logits_inference`) multiplies in bf16; training and the
-    /// label-restricted scoring head keep the f32 weights. Call after the last weight change
-    /// (an adapter merge clears what it changes). Needs the weights on the CPU.
-    pub fn pack_bf16(&mut self, amx: Amx) -> Result<(), LlmError> {
+    /// (`forward_inference`, `logits_inference`) multiplies in bf16; with `for_training`, also
+    /// their transposes, so that the differentiable forward and the inputs' gradients do too
+    /// (the LoRA adapters and attention stay f32). The label-restricted scoring head keeps the
+    /// f32 weights. Call after the last change to the base weights (an adapter merge clears
+    /// what it changes). Needs the weights on the CPU.
+    pub fn pack_bf16(&mut self, amx: Amx, for_training: bool) -> Result<(), LlmError> {
         if !matches!(self.device, Device::Cpu) {
             return Err(LlmError::BadRequest(
                 "bf16 matmul is the CPU's AMX path; on CUDA leave the matmul at f32".into(),
             ));
         }
         let compute = |e: candle_core::Error| LlmError::Compute(e.to_string());
+        let pack =
+            |weight: &Tensor| -> Result<(Arc<Bf16Weight>, Option<Arc<Bf16Weight>>), LlmError> {
+                let forward = Arc::new(Bf16Weight::from_tensor(amx, weight).map_err(compute)?);
+                let backward = if for_training {
+                    let transposed = weight.t().and_then(|t| t.contiguous()).map_err(compute)?;
+                    Some(Arc::new(
+                        Bf16Weight::from_tensor(amx, &transposed).map_err(compute)?,
+                    ))
+                } else {
+                    None
+                };
+                Ok((forward, backward))
+            };
         for layer in &mut self.layers {
             let attention = &mut layer.self_attn;
             let mlp = &mut layer.mlp;
@@ -1163,12 +1196,14 @@ impl Llama {
                 &mut mlp.up_proj,
                 &mut mlp.down_proj,
             ] {
-                let packed = Bf16Weight::from_tensor(amx, &linear.weight).map_err(compute)?;
-                linear.bf16 = Some(Arc::new(packed));
+                let (forward, backward) = pack(&linear.weight)?;
+                linear.bf16 = Some(forward);
+                linear.bf16_backward = backward;
             }
         }
-        let packed = Bf16Weight::from_tensor(amx, &self.lm_head).map_err(compute)?;
-        self.lm_head_bf16 = Some(Arc::new(packed));
+        let (forward, backward) = pack(&self.lm_head)?;
+        self.lm_head_bf16 = Some(forward);
+        self.lm_head_bf16_backward = backward;
         Ok(())
     }
 

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use super::amx::Bf16Weight;
 use super::llama::{Linear, Llama};
 use crate::backend::LlmError;
 
@@ -160,20 +161,43 @@ impl LoraLayer {
     }
 }
 
+/// A frozen weight's bf16 AMX packs: `forward` multiplies `x · Wᵀ`, `backward` (the packed
+/// transpose) gives the input's gradient `dy · W`.
+#[derive(Debug, Clone, Copy)]
+pub struct FrozenBf16<'a> {
+    pub forward: &'a Arc<Bf16Weight>,
+    pub backward: &'a Arc<Bf16Weight>,
+}
+
 /// `x (rows, in) · weightᵀ` where `weight (out, in)` is frozen: the backward pass computes only
-/// the input's gradient. Off the CPU, when `x` carries no gradient or when the weight itself is
-/// being trained (a variable), this is a plain matmul.
-pub fn frozen_matmul_t(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
-    if !x.track_op() || weight.track_op() || !x.device().is_cpu() || weight.dtype() != DType::F32 {
+/// the input's gradient, in bf16 on AMX when `packed` is given. Off the CPU, when `x` carries no
+/// gradient or when the weight itself is being trained (a variable), this is a plain matmul
+/// (the bf16 one where packed).
+pub fn frozen_matmul_t(
+    x: &Tensor,
+    weight: &Tensor,
+    packed: Option<FrozenBf16<'_>>,
+) -> candle_core::Result<Tensor> {
+    if weight.track_op() || !x.device().is_cpu() || weight.dtype() != DType::F32 {
         return x.matmul(&weight.t()?);
     }
-    x.contiguous()?.apply_op1(FrozenMatmulT {
-        weight: weight.clone(),
-    })
+    match packed {
+        Some(packed) if !x.track_op() => packed.forward.matmul_t_tensor(&x.contiguous()?),
+        Some(packed) => x.contiguous()?.apply_op1(FrozenMatmulT {
+            weight: weight.clone(),
+            packed: Some((Arc::clone(packed.forward), Arc::clone(packed.backward))),
+        }),
+        None if !x.track_op() => x.matmul(&weight.t()?),
+        None => x.contiguous()?.apply_op1(FrozenMatmulT {
+            weight: weight.clone(),
+            packed: None,
+        }),
+    }
 }
 
 struct FrozenMatmulT {
     weight: Tensor,
+    packed: Option<(Arc<Bf16Weight>, Arc<Bf16Weight>)>,
 }
 
 impl CustomOp1 for FrozenMatmulT {
@@ -187,6 +211,14 @@ impl CustomOp1 for FrozenMatmulT {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let data = super::ops::contiguous_f32(storage, layout, "frozen-matmul-t")?;
+        if let Some((forward, _)) = &self.packed {
+            let (rows, _) = layout.shape().dims2()?;
+            let values = forward.matmul_t(data, rows);
+            return Ok((
+                CpuStorage::F32(values),
+                Shape::from((rows, forward.out_features())),
+            ));
+        }
         let x = Tensor::from_slice(data, layout.shape(), &Device::Cpu)?;
         let y = x.matmul(&self.weight.t()?)?;
         let shape = y.shape().clone();
@@ -209,7 +241,10 @@ impl CustomOp1 for FrozenMatmulT {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad_res.matmul(&self.weight)?))
+        match &self.packed {
+            Some((_, backward)) => Ok(Some(backward.matmul_t_tensor(&grad_res.contiguous()?)?)),
+            None => Ok(Some(grad_res.matmul(&self.weight)?)),
+        }
     }
 }
 
@@ -433,6 +468,7 @@ impl Llama {
                     let delta = lora.weight_delta().map_err(compute)?;
                     linear.weight = (&linear.weight + delta).map_err(compute)?;
                     linear.bf16 = None;
+                    linear.bf16_backward = None;
                 }
             }
         }

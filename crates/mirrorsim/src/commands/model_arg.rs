@@ -71,11 +71,16 @@ pub fn cuda_device() -> Option<usize> {
     CUDA_DEVICE.get().copied().flatten()
 }
 
+/// The matmul precision chosen with `--matmul`.
+pub fn matmul() -> MatmulPrecision {
+    MATMUL.get().copied().unwrap_or_default()
+}
+
 /// Engine options for a local model on the chosen device, at the chosen matmul precision.
 pub fn engine_options() -> EngineOptions {
     EngineOptions {
         cuda_device: cuda_device(),
-        matmul: MATMUL.get().copied().unwrap_or_default(),
+        matmul: matmul(),
         ..EngineOptions::default()
     }
 }

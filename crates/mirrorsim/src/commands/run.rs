@@ -1018,6 +1018,7 @@ impl Runner<'_> {
             eval_data: None,
             out: out.clone(),
             cuda_device: super::model_arg::cuda_device(),
+            matmul: super::model_arg::matmul(),
         };
         let summary = if is_dpo {
             run_dpo(&paths, start_adapter.as_deref(), &config, resume, true)

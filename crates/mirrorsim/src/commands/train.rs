@@ -147,6 +147,7 @@ impl CommonTrainArgs {
             eval_data: self.eval_data.clone(),
             out: self.out.clone(),
             cuda_device: super::model_arg::cuda_device(),
+            matmul: super::model_arg::matmul(),
         })
     }
 }
