@@ -107,7 +107,7 @@ pub struct Bf16Weight {
     inner: usize,
     out_tiles: usize,
     inner_tiles: usize,
-    tiles: Vec<u16>,
+    tiles: TileBuffer,
 }
 
 impl std::fmt::Debug for Bf16Weight {
@@ -122,8 +122,9 @@ impl Bf16Weight {
         assert_eq!(weight.len(), out * inner, "weight length is out × inner");
         let out_tiles = out.div_ceil(2 * TILE_ROWS) * 2;
         let inner_tiles = inner.div_ceil(TILE_INNER);
-        let mut tiles = vec![0u16; out_tiles * inner_tiles * TILE_LEN];
+        let mut tiles = TileBuffer::zeroed(out_tiles * inner_tiles);
         tiles
+            .values_mut()
             .par_chunks_mut(inner_tiles * TILE_LEN)
             .enumerate()
             .for_each(|(n, row_of_tiles)| {
@@ -209,7 +210,7 @@ impl Bf16Weight {
         let pairs = self.out_tiles / 2;
         let column_items = pairs.div_ceil(PAIRS_PER_ITEM);
         let output_ptr = SharedPtr(output.as_mut_ptr());
-        let activations_ptr = SharedPtr(activations.as_ptr() as *mut u16);
+        let activations_ptr = SharedPtr(activations.values().as_ptr() as *mut u16);
         (0..row_blocks * column_items)
             .into_par_iter()
             .for_each(|item| {
@@ -227,7 +228,7 @@ impl Bf16Weight {
                             .get()
                             .add(first_row_tile * self.inner_tiles * TILE_LEN),
                         two_row_tiles,
-                        self.tiles.as_ptr(),
+                        self.tiles.values().as_ptr(),
                         self.inner_tiles,
                         first_pair..last_pair,
                         output_ptr
@@ -253,8 +254,9 @@ impl Bf16Weight {
 
     /// The activations in bf16 tiles: tile `(m, k)` holds rows `16m..16m+16`, inputs
     /// `32k..32k+32`, row-major; padding rows and inputs are zero.
-    fn pack_activations(&self, x: &[f32], rows: usize, row_tiles: usize) -> Vec<u16> {
-        let mut tiles = vec![0u16; row_tiles * self.inner_tiles * TILE_LEN];
+    fn pack_activations(&self, x: &[f32], rows: usize, row_tiles: usize) -> TileBuffer {
+        let mut buffer = TileBuffer::zeroed(row_tiles * self.inner_tiles);
+        let tiles = buffer.values_mut();
         for (row, source) in x.chunks_exact(self.inner).enumerate().take(rows) {
             let (m, r) = (row / TILE_ROWS, row % TILE_ROWS);
             for (k, chunk) in source.chunks(TILE_INNER).enumerate() {
@@ -264,7 +266,36 @@ impl Bf16Weight {
                 }
             }
         }
-        tiles
+        buffer
+    }
+}
+
+/// One 1 KiB tile, aligned to a cache line.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Tile([u16; TILE_LEN]);
+
+/// Zeroed tile storage aligned to 64 bytes: a `TILELOADD` whose 64-byte rows straddle two cache
+/// lines (a plain `Vec<u16>` is only 16-byte aligned) ran at a third of the aligned speed
+/// (measured: 4 loads + 4 products per step, 18 ns against 6 ns per product).
+struct TileBuffer(Vec<Tile>);
+
+impl TileBuffer {
+    fn zeroed(tiles: usize) -> Self {
+        TileBuffer(vec![Tile([0; TILE_LEN]); tiles])
+    }
+
+    fn values(&self) -> &[u16] {
+        // SAFETY: `Tile` is `repr(C)` over `[u16; TILE_LEN]` and its size (1 KiB) is a multiple
+        // of its alignment, so the tiles are contiguous u16 values with no padding.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast(), self.0.len() * TILE_LEN) }
+    }
+
+    fn values_mut(&mut self) -> &mut [u16] {
+        // SAFETY: as in `values`; the borrow is unique.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), self.0.len() * TILE_LEN)
+        }
     }
 }
 
