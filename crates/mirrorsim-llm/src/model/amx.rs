@@ -1,11 +1,13 @@
-//! bf16 matrix products on Intel AMX (Sapphire Rapids and later) for inference on the CPU.
+//! bf16 matrix products on Intel AMX (Sapphire Rapids and later), on the CPU: the dense layers
+//! in inference and the frozen base weights' products in LoRA training.
 //!
 //! Opt-in (`MatmulPrecision::Bf16`): each weight is rounded to bf16 once, at load, and stored in
 //! the tile layout `TDPBF16PS` reads; activations are rounded to bf16 on every call; products
-//! accumulate in f32. One AMX tile product does 16 × 16 × 32 multiply-adds, 16 times an AVX-512
-//! FMA's work per cycle; this kernel reaches a fifth to a third of that, which still makes the dense
-//! layers a small part of prefill and scoring time; bf16 weights also halve the bytes a decode
-//! step reads. The price is bf16 rounding of both operands (8 significant bits): next-token
+//! accumulate in f32. One tile product does 16 × 16 × 32 multiply-adds in 16 cycles (measured
+//! 2.9 TFLOP/s on one core from L1); this kernel reaches about a quarter of that on layer-sized
+//! products, where half the operand tiles come from L2, which still makes the dense layers a
+//! small part of prefill and scoring time; bf16 weights also halve the bytes a decode step reads.
+//! The price is bf16 rounding of both operands (8 significant bits): next-token
 //! log-probabilities move by up to about 0.06, so the f32 path stays the default and the
 //! reference for the correctness tests.
 //!
