@@ -256,9 +256,12 @@ impl LocalEngine {
             }
         };
         let mut model = model;
+        let mut model_id = model_id;
         if options.matmul == MatmulPrecision::Bf16 {
             let amx = crate::model::amx::amx().map_err(|message| load_error(path, message))?;
             model.pack_bf16(amx, false)?;
+            // bf16 answers differ from f32 ones: journals and reports must not mix them.
+            model_id.push_str("+bf16");
         }
         Ok(LocalEngine {
             model,

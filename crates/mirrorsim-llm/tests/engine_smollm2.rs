@@ -397,7 +397,8 @@ fn bf16_engine() -> Result<&'static LocalEngine, String> {
 /// bf16 products on AMX: the same answers, choice distributions within 0.03 of the f32 engine's
 /// (measured: at most 0.003 on this scene), shared-prefix scoring equal to unshared within 5e-3,
 /// and HF transformers' f32 top 3 next tokens in the same order with the top 10's
-/// log-probabilities within 0.15 (measured: 0.061). Where the CPU has no AMX, the load must refuse bf16 in words instead.
+/// log-probabilities within 0.15 (measured: 0.061). Its model id (which keys journals) ends in
+/// `+bf16`. Where the CPU has no AMX, the load must refuse bf16 in words instead.
 #[test]
 fn bf16_amx_engine_stays_close_to_the_f32_engine() {
     let bf16 = match bf16_engine() {
@@ -411,6 +412,7 @@ fn bf16_amx_engine_stays_close_to_the_f32_engine() {
             return;
         }
     };
+    assert_eq!(bf16.model_id(), format!("{}+bf16", engine().model_id()));
     let out = bf16
         .generate(&[GenerateRequest {
             prompt: chat("What is the capital of France?"),
