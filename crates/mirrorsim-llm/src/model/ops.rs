@@ -245,31 +245,43 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
     if !cpu_f32(gate) || !cpu_f32(up) || gate.dims() != up.dims() {
         return gate.silu()? * up;
     }
-    let gate = gate.contiguous()?;
-    let up = up.contiguous()?;
-    let (gate_storage, gate_layout) = gate.storage_and_layout();
-    let (up_storage, up_layout) = up.storage_and_layout();
-    let (candle_core::Storage::Cpu(gate_cpu), candle_core::Storage::Cpu(up_cpu)) =
-        (&*gate_storage, &*up_storage)
-    else {
-        candle_core::bail!("silu_mul: CPU tensors expected");
-    };
-    let gates = contiguous_f32(gate_cpu, gate_layout, "silu_mul")?;
-    let ups = contiguous_f32(up_cpu, up_layout, "silu_mul")?;
     const CHUNK: usize = 4096;
-    let mut out = vec![0f32; gates.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(gates.par_chunks(CHUNK).zip(ups.par_chunks(CHUNK)))
-        .for_each(|(out, (gates, ups))| {
-            for ((o, &g), &u) in out.iter_mut().zip(gates).zip(ups) {
-                // e^(-g) overflows past 87; silu(g) is 0 to f32 precision there. NaN passes.
-                let negated = if -g > 87.0 { 87.0 } else { -g };
-                *o = g / (1.0 + exp_polynomial(negated)) * u;
-            }
-        });
-    drop(gate_storage);
-    drop(up_storage);
+    let out = with_two_cpu_f32(gate, up, "silu_mul", |gates, ups| {
+        let mut out = vec![0f32; gates.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(gates.par_chunks(CHUNK).zip(ups.par_chunks(CHUNK)))
+            .for_each(|(out, (gates, ups))| {
+                for ((o, &g), &u) in out.iter_mut().zip(gates).zip(ups) {
+                    // e^(-g) overflows past 87; silu(g) is 0 to f32 precision there. NaN passes.
+                    let negated = if -g > 87.0 { 87.0 } else { -g };
+                    *o = g / (1.0 + exp_polynomial(negated)) * u;
+                }
+            });
+        out
+    })?;
     Tensor::from_vec(out, gate.shape(), &Device::Cpu)
+}
+
+/// Runs `f` on the f32 data of two CPU tensors (made contiguous first); `op` names the caller
+/// in errors.
+fn with_two_cpu_f32<R>(
+    a: &Tensor,
+    b: &Tensor,
+    op: &str,
+    f: impl FnOnce(&[f32], &[f32]) -> R,
+) -> candle_core::Result<R> {
+    let (a, b) = (a.contiguous()?, b.contiguous()?);
+    let (a_storage, a_layout) = a.storage_and_layout();
+    let (b_storage, b_layout) = b.storage_and_layout();
+    let (candle_core::Storage::Cpu(a_cpu), candle_core::Storage::Cpu(b_cpu)) =
+        (&*a_storage, &*b_storage)
+    else {
+        candle_core::bail!("{op} runs on f32 CPU tensors");
+    };
+    Ok(f(
+        contiguous_f32(a_cpu, a_layout, op)?,
+        contiguous_f32(b_cpu, b_layout, op)?,
+    ))
 }
 
 /// Layout of the attention scores of continuations scored on top of a shared prefix.
@@ -317,64 +329,59 @@ pub fn prefix_attention_softmax(
     if !cpu_f32(shared) || !cpu_f32(own) {
         candle_core::bail!("prefix_attention_softmax runs on f32 CPU tensors");
     }
-    let shared = shared.contiguous()?;
-    let own = own.contiguous()?;
-    let (shared_storage, shared_layout) = shared.storage_and_layout();
-    let (own_storage, own_layout) = own.storage_and_layout();
-    let (candle_core::Storage::Cpu(shared_cpu), candle_core::Storage::Cpu(own_cpu)) =
-        (&*shared_storage, &*own_storage)
-    else {
-        candle_core::bail!("prefix_attention_softmax runs on f32 CPU tensors");
-    };
-    let shared_scores = contiguous_f32(shared_cpu, shared_layout, "prefix attention")?;
-    let own_scores = contiguous_f32(own_cpu, own_layout, "prefix attention")?;
-    let mut shared_probs = vec![0f32; shared_scores.len()];
-    let mut own_probs = vec![0f32; own_scores.len()];
-    // One block per (batch row, kv head): `rows` queries, contiguous in both layouts.
-    let mut shared_blocks: Vec<Option<&mut [f32]>> = shared_probs
-        .chunks_mut(rows * past.max(1))
-        .map(Some)
-        .collect();
-    if past == 0 {
-        shared_blocks = (0..batch * kv_heads).map(|_| None).collect();
-    }
-    let mut own_blocks: Vec<Option<&mut [f32]>> =
-        own_probs.chunks_mut(rows * seq).map(Some).collect();
-    let mut blocks = Vec::with_capacity(batch * kv_heads);
-    for b in 0..batch {
-        for h in 0..kv_heads {
-            let shared_block = shared_blocks[h * batch + b].take();
-            let own_block = own_blocks[b * kv_heads + h].take();
-            blocks.push((b, h, shared_block, own_block));
-        }
-    }
-    blocks
-        .into_par_iter()
-        .for_each(|(b, h, shared_block, own_block)| {
-            let Some(own_block) = own_block else {
-                return;
-            };
-            let shared_start = (h * batch + b) * rows * past;
-            let own_start = (b * kv_heads + h) * rows * seq;
-            let mut scores = vec![0f32; past + seq];
-            let mut probs = vec![0f32; past + seq];
-            let mut shared_block = shared_block;
-            for row in 0..rows {
-                let visible = row % seq + 1;
-                let shared_row = &shared_scores[shared_start + row * past..][..past];
-                let own_row = &own_scores[own_start + row * seq..][..seq];
-                scores[..past].copy_from_slice(shared_row);
-                scores[past..past + visible].copy_from_slice(&own_row[..visible]);
-                softmax_row(&scores[..past + visible], &mut probs[..past + visible]);
-                if let Some(block) = shared_block.as_deref_mut() {
-                    block[row * past..(row + 1) * past].copy_from_slice(&probs[..past]);
-                }
-                own_block[row * seq..row * seq + visible]
-                    .copy_from_slice(&probs[past..past + visible]);
+    let (shared_probs, own_probs) = with_two_cpu_f32(
+        shared,
+        own,
+        "prefix attention",
+        |shared_scores, own_scores| {
+            let mut shared_probs = vec![0f32; shared_scores.len()];
+            let mut own_probs = vec![0f32; own_scores.len()];
+            // One block per (batch row, kv head): `rows` queries, contiguous in both layouts.
+            let mut shared_blocks: Vec<Option<&mut [f32]>> = shared_probs
+                .chunks_mut(rows * past.max(1))
+                .map(Some)
+                .collect();
+            if past == 0 {
+                shared_blocks = (0..batch * kv_heads).map(|_| None).collect();
             }
-        });
-    drop(shared_storage);
-    drop(own_storage);
+            let mut own_blocks: Vec<Option<&mut [f32]>> =
+                own_probs.chunks_mut(rows * seq).map(Some).collect();
+            let mut blocks = Vec::with_capacity(batch * kv_heads);
+            for b in 0..batch {
+                for h in 0..kv_heads {
+                    let shared_block = shared_blocks[h * batch + b].take();
+                    let own_block = own_blocks[b * kv_heads + h].take();
+                    blocks.push((b, h, shared_block, own_block));
+                }
+            }
+            blocks
+                .into_par_iter()
+                .for_each(|(b, h, shared_block, own_block)| {
+                    let Some(own_block) = own_block else {
+                        return;
+                    };
+                    let shared_start = (h * batch + b) * rows * past;
+                    let own_start = (b * kv_heads + h) * rows * seq;
+                    let mut scores = vec![0f32; past + seq];
+                    let mut probs = vec![0f32; past + seq];
+                    let mut shared_block = shared_block;
+                    for row in 0..rows {
+                        let visible = row % seq + 1;
+                        let shared_row = &shared_scores[shared_start + row * past..][..past];
+                        let own_row = &own_scores[own_start + row * seq..][..seq];
+                        scores[..past].copy_from_slice(shared_row);
+                        scores[past..past + visible].copy_from_slice(&own_row[..visible]);
+                        softmax_row(&scores[..past + visible], &mut probs[..past + visible]);
+                        if let Some(block) = shared_block.as_deref_mut() {
+                            block[row * past..(row + 1) * past].copy_from_slice(&probs[..past]);
+                        }
+                        own_block[row * seq..row * seq + visible]
+                            .copy_from_slice(&probs[past..past + visible]);
+                    }
+                });
+            (shared_probs, own_probs)
+        },
+    )?;
     Ok((
         Tensor::from_vec(shared_probs, (kv_heads, batch * rows, past), &Device::Cpu)?,
         Tensor::from_vec(own_probs, (batch, kv_heads, rows, seq), &Device::Cpu)?,
