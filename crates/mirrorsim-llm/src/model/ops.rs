@@ -337,13 +337,11 @@ pub fn prefix_attention_softmax(
             let mut shared_probs = vec![0f32; shared_scores.len()];
             let mut own_probs = vec![0f32; own_scores.len()];
             // One block per (batch row, kv head): `rows` queries, contiguous in both layouts.
-            let mut shared_blocks: Vec<Option<&mut [f32]>> = shared_probs
-                .chunks_mut(rows * past.max(1))
-                .map(Some)
-                .collect();
-            if past == 0 {
-                shared_blocks = (0..batch * kv_heads).map(|_| None).collect();
-            }
+            let mut shared_blocks: Vec<Option<&mut [f32]>> = if past == 0 {
+                (0..batch * kv_heads).map(|_| None).collect()
+            } else {
+                shared_probs.chunks_mut(rows * past).map(Some).collect()
+            };
             let mut own_blocks: Vec<Option<&mut [f32]>> =
                 own_probs.chunks_mut(rows * seq).map(Some).collect();
             let mut blocks = Vec::with_capacity(batch * kv_heads);
