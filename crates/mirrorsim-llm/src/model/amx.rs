@@ -43,6 +43,16 @@ fn enable() -> Result<(), String> {
                 .into(),
         );
     }
+    if !(std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512bf16"))
+    {
+        return Err(
+            "this CPU has AMX but not AVX-512 BF16, which the bf16 packing needs; use \
+                    the default f32 matmul"
+                .into(),
+        );
+    }
     const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
     const XFEATURE_XTILEDATA: i64 = 18;
     const SYS_ARCH_PRCTL: i64 = 158;
@@ -97,8 +107,12 @@ const TILE_ROWS: usize = 16;
 const TILE_INNER: usize = 32;
 /// bf16 values in one 1 KiB tile.
 const TILE_LEN: usize = TILE_ROWS * TILE_INNER;
-/// Output columns a work item covers, in tile pairs (4 × 32 = 128 columns).
-const PAIRS_PER_ITEM: usize = 4;
+/// Row blocks (of 32 rows) a work item covers: the item keeps one tile pair of the weight
+/// (32 outputs × the whole inner dimension, 36 KiB for 576 inputs) in L1 while the
+/// activations of its rows stream from L2. Items that swept every column for one row block
+/// instead re-read the whole weight from L3 per row block (2.7× slower on a 600 × 576 · 1536
+/// product).
+const ROW_BLOCKS_PER_ITEM: usize = 8;
 
 /// A weight `(out, in)` in bf16, packed for `TDPBF16PS`: tile `(n, k)` holds output rows
 /// `16n..16n+16` and inputs `32k..32k+32`, with each output row's consecutive input pairs side by
@@ -130,19 +144,9 @@ impl Bf16Weight {
             .par_chunks_mut(inner_tiles * TILE_LEN)
             .enumerate()
             .for_each(|(n, row_of_tiles)| {
-                for o in 0..TILE_ROWS {
-                    let row = n * TILE_ROWS + o;
-                    if row >= out {
-                        break;
-                    }
-                    let source = &weight[row * inner..(row + 1) * inner];
-                    for (i, &value) in source.iter().enumerate() {
-                        let (k, within) = (i / TILE_INNER, i % TILE_INNER);
-                        let p = within / 2;
-                        let j = within % 2;
-                        row_of_tiles[k * TILE_LEN + p * TILE_INNER + 2 * o + j] = to_bf16(value);
-                    }
-                }
+                pack_weight_tile_row(row_of_tiles, n, out, |row| {
+                    &weight[row * inner..(row + 1) * inner]
+                })
             });
         Bf16Weight {
             out,
@@ -210,36 +214,37 @@ impl Bf16Weight {
         let mut output: Vec<f32> = Vec::with_capacity(rows_padded * out_padded);
         let row_blocks = row_tiles.div_ceil(2);
         let pairs = self.out_tiles / 2;
-        let column_items = pairs.div_ceil(PAIRS_PER_ITEM);
+        let row_groups = row_blocks.div_ceil(ROW_BLOCKS_PER_ITEM);
         let output_ptr = SharedPtr(output.as_mut_ptr());
         let activations_ptr = SharedPtr(activations.values().as_ptr() as *mut u16);
-        (0..row_blocks * column_items)
-            .into_par_iter()
-            .for_each(|item| {
-                let (block, column_item) = (item / column_items, item % column_items);
-                let first_row_tile = 2 * block;
-                let two_row_tiles = first_row_tile + 1 < row_tiles;
-                let first_pair = column_item * PAIRS_PER_ITEM;
-                let last_pair = (first_pair + PAIRS_PER_ITEM).min(pairs);
-                // SAFETY: the activations hold `row_tiles × inner_tiles` tiles and the weight
-                // `out_tiles × inner_tiles`; the output holds `rows_padded × out_padded` f32,
-                // and every item writes only its own rows and columns of it.
-                unsafe {
+        (0..row_groups * pairs).into_par_iter().for_each(|item| {
+            let (group, pair) = (item / pairs, item % pairs);
+            let blocks =
+                group * ROW_BLOCKS_PER_ITEM..((group + 1) * ROW_BLOCKS_PER_ITEM).min(row_blocks);
+            // SAFETY: the activations hold `row_tiles × inner_tiles` tiles and the weight
+            // `out_tiles × inner_tiles`; the output holds `rows_padded × out_padded` f32, and
+            // every item writes only its own rows and columns of it.
+            unsafe {
+                load_tile_config();
+                for block in blocks {
+                    let first_row_tile = 2 * block;
                     kernel(
                         activations_ptr
                             .get()
                             .add(first_row_tile * self.inner_tiles * TILE_LEN),
-                        two_row_tiles,
+                        first_row_tile + 1 < row_tiles,
                         self.tiles.values().as_ptr(),
                         self.inner_tiles,
-                        first_pair..last_pair,
+                        pair..pair + 1,
                         output_ptr
                             .get()
                             .add(first_row_tile * TILE_ROWS * out_padded),
                         out_padded,
                     );
                 }
-            });
+                release_tiles();
+            }
+        });
         // SAFETY: the items together stored every one of the `rows_padded × out_padded` values.
         unsafe { output.set_len(rows_padded * out_padded) };
         if out_padded == self.out {
@@ -258,17 +263,367 @@ impl Bf16Weight {
     /// `32k..32k+32`, row-major; padding rows and inputs are zero.
     fn pack_activations(&self, x: &[f32], rows: usize, row_tiles: usize) -> TileBuffer {
         let mut buffer = TileBuffer::zeroed(row_tiles * self.inner_tiles);
-        let tiles = buffer.values_mut();
-        for (row, source) in x.chunks_exact(self.inner).enumerate().take(rows) {
-            let (m, r) = (row / TILE_ROWS, row % TILE_ROWS);
-            for (k, chunk) in source.chunks(TILE_INNER).enumerate() {
-                let start = (m * self.inner_tiles + k) * TILE_LEN + r * TILE_INNER;
-                for (target, &value) in tiles[start..start + chunk.len()].iter_mut().zip(chunk) {
-                    *target = to_bf16(value);
+        pack_activation_rows(buffer.values_mut(), self.inner_tiles, rows, |row| {
+            &x[row * self.inner..(row + 1) * self.inner]
+        });
+        buffer
+    }
+}
+
+/// Keys and values of attention, for [`attention`]: for batch row `b` and KV head `h`, key
+/// `j < len` starts at `b · batch_stride + h · head_stride + j · head_dim` in `keys` (the
+/// value at the same place in `values`). A batch stride of 0 shares one row's keys (a shared
+/// prefix) across the batch.
+#[derive(Clone, Copy)]
+pub struct KeyValues<'a> {
+    pub keys: &'a [f32],
+    pub values: &'a [f32],
+    pub batch_stride: usize,
+    pub head_stride: usize,
+    pub len: usize,
+}
+
+impl KeyValues<'_> {
+    pub const EMPTY: KeyValues<'static> = KeyValues {
+        keys: &[],
+        values: &[],
+        batch_stride: 0,
+        head_stride: 0,
+        len: 0,
+    };
+}
+
+/// Which keys a query sees.
+#[derive(Clone, Copy)]
+pub enum AttentionMask<'a> {
+    /// Query `t` of its row's `seq` sees the first `keys − seq + t + 1` keys.
+    Causal,
+    /// Added to the scores before the softmax: `(mask_batch, 1, 1, mask_seq, keys)` with
+    /// `mask_batch` 1 or `batch` and `mask_seq` 1 or `seq` (size-1 dimensions broadcast).
+    Additive {
+        values: &'a [f32],
+        mask_batch: usize,
+        mask_seq: usize,
+    },
+}
+
+/// Grouped-query attention for [`attention`]: `queries` `(batch, kv_heads, groups · seq,
+/// head_dim)` (rows ordered (group, position), rotated and scaled by `1/√head_dim`) against the
+/// keys of `first` followed by those of `second`.
+pub struct AttentionInputs<'a> {
+    pub batch: usize,
+    pub kv_heads: usize,
+    pub groups: usize,
+    pub seq: usize,
+    pub head_dim: usize,
+    pub queries: &'a [f32],
+    pub first: KeyValues<'a>,
+    pub second: KeyValues<'a>,
+    pub mask: AttentionMask<'a>,
+}
+
+/// Attention with both products in bf16 on AMX: per (batch row, KV head) the keys and the
+/// transposed values are packed once, then each block of 32 queries gets its scores in f32,
+/// the mask and the softmax's exponentials in f32, and its output from the bf16-rounded
+/// exponentials, divided by their f32 sum afterwards. Returns
+/// `(batch, seq, kv_heads · groups · head_dim)`, head `h · groups + g` in its own columns,
+/// ready for the output projection.
+pub fn attention(_amx: Amx, a: &AttentionInputs<'_>) -> Vec<f32> {
+    let AttentionInputs {
+        batch,
+        kv_heads,
+        groups,
+        seq,
+        head_dim,
+        first,
+        second,
+        mask,
+        ..
+    } = *a;
+    let rows = groups * seq;
+    let keys_total = first.len + second.len;
+    // Scores: keys are the "output" side (an even number of tiles), head_dim the inner side.
+    let key_tiles = keys_total.div_ceil(2 * TILE_ROWS) * 2;
+    let dim_inner_tiles = head_dim.div_ceil(TILE_INNER);
+    // Outputs: head_dim is the output side, keys the inner side.
+    let dim_tiles = head_dim.div_ceil(2 * TILE_ROWS) * 2;
+    let key_inner_tiles = keys_total.div_ceil(TILE_INNER);
+    let scores_stride = key_tiles * TILE_ROWS;
+    let out_stride = dim_tiles * TILE_ROWS;
+    const BLOCK: usize = 2 * TILE_ROWS;
+    let visible = |row: usize| match mask {
+        AttentionMask::Causal => keys_total - seq + row % seq + 1,
+        AttentionMask::Additive { .. } => keys_total,
+    };
+    let blocks: Vec<Vec<f32>> = (0..batch * kv_heads)
+        .into_par_iter()
+        .map(|pair| {
+            let (b, h) = (pair / kv_heads, pair % kv_heads);
+            let start_of = |part: &KeyValues<'_>| b * part.batch_stride + h * part.head_stride;
+            let (first_start, second_start) = (start_of(&first), start_of(&second));
+            let key = |j: usize| -> &[f32] {
+                if j < first.len {
+                    &first.keys[first_start + j * head_dim..][..head_dim]
+                } else {
+                    &second.keys[second_start + (j - first.len) * head_dim..][..head_dim]
+                }
+            };
+            let value = |j: usize| -> &[f32] {
+                if j < first.len {
+                    &first.values[first_start + j * head_dim..][..head_dim]
+                } else {
+                    &second.values[second_start + (j - first.len) * head_dim..][..head_dim]
+                }
+            };
+            let mut key_pack = TileBuffer::zeroed(key_tiles * dim_inner_tiles);
+            for (n, dst) in key_pack
+                .values_mut()
+                .chunks_mut(dim_inner_tiles * TILE_LEN)
+                .enumerate()
+            {
+                pack_weight_tile_row(dst, n, keys_total, key);
+            }
+            let mut value_pack = TileBuffer::zeroed(dim_tiles * key_inner_tiles);
+            pack_transposed_weight(value_pack.values_mut(), key_inner_tiles, keys_total, value);
+            let queries = &a.queries[pair * rows * head_dim..][..rows * head_dim];
+            let mut query_tiles = TileBuffer::zeroed(0);
+            let mut prob_tiles = TileBuffer::zeroed(0);
+            let mut scores = vec![0f32; BLOCK * scores_stride];
+            let mut block_out = vec![0f32; BLOCK * out_stride];
+            let mut result = vec![0f32; rows * head_dim];
+            let mut inverse_sums = [0f32; BLOCK];
+            // SAFETY: the tile configuration is loaded and released on this thread, around
+            // kernels whose operands are sized as `kernel` requires: queries (and probabilities)
+            // 2 row tiles × their inner tiles, keys `key_tiles × dim_inner_tiles` and values
+            // `dim_tiles × key_inner_tiles` tiles, outputs `BLOCK` rows of their strides.
+            unsafe { load_tile_config() };
+            for start in (0..rows).step_by(BLOCK) {
+                let count = (rows - start).min(BLOCK);
+                query_tiles.reset(2 * dim_inner_tiles);
+                pack_activation_rows(query_tiles.values_mut(), dim_inner_tiles, count, |r| {
+                    &queries[(start + r) * head_dim..][..head_dim]
+                });
+                unsafe {
+                    kernel(
+                        query_tiles.values().as_ptr(),
+                        count > TILE_ROWS,
+                        key_pack.values().as_ptr(),
+                        dim_inner_tiles,
+                        0..key_tiles / 2,
+                        scores.as_mut_ptr(),
+                        scores_stride,
+                    )
+                };
+                for (r, row) in scores.chunks_mut(scores_stride).take(count).enumerate() {
+                    let row = &mut row[..visible(start + r)];
+                    if let AttentionMask::Additive {
+                        values,
+                        mask_batch,
+                        mask_seq,
+                    } = mask
+                    {
+                        let mb = if mask_batch == 1 { 0 } else { b };
+                        let mt = if mask_seq == 1 { 0 } else { (start + r) % seq };
+                        let mask_row = &values[(mb * mask_seq + mt) * keys_total..][..keys_total];
+                        for (score, &m) in row.iter_mut().zip(mask_row) {
+                            *score += m;
+                        }
+                    }
+                    // Normalised after the product: the output row is scaled by 1/sum.
+                    inverse_sums[r] = 1.0 / super::ops::exp_shifted_in_place(row);
+                }
+                prob_tiles.reset(2 * key_inner_tiles);
+                pack_activation_rows(prob_tiles.values_mut(), key_inner_tiles, count, |r| {
+                    &scores[r * scores_stride..][..visible(start + r)]
+                });
+                unsafe {
+                    kernel(
+                        prob_tiles.values().as_ptr(),
+                        count > TILE_ROWS,
+                        value_pack.values().as_ptr(),
+                        key_inner_tiles,
+                        0..dim_tiles / 2,
+                        block_out.as_mut_ptr(),
+                        out_stride,
+                    )
+                };
+                for (r, row) in block_out.chunks(out_stride).take(count).enumerate() {
+                    let target = &mut result[(start + r) * head_dim..][..head_dim];
+                    for (out, &value) in target.iter_mut().zip(&row[..head_dim]) {
+                        *out = value * inverse_sums[r];
+                    }
                 }
             }
+            unsafe { release_tiles() };
+            result
+        })
+        .collect();
+    let heads = kv_heads * groups;
+    let mut out = vec![0f32; batch * seq * heads * head_dim];
+    for (pair, block) in blocks.iter().enumerate() {
+        let (b, h) = (pair / kv_heads, pair % kv_heads);
+        for (row, values) in block.chunks_exact(head_dim).enumerate() {
+            let (g, t) = (row / seq, row % seq);
+            let head = h * groups + g;
+            out[((b * seq + t) * heads + head) * head_dim..][..head_dim].copy_from_slice(values);
         }
-        buffer
+    }
+    out
+}
+
+/// Writes output rows `16n..16n+16` (those below `out`) of a weight into its row of tiles
+/// `dst` (`inner_tiles` tiles, zeroed), in the layout of [`Bf16Weight`]; `row(r)` gives
+/// weight row `r`'s inputs.
+fn pack_weight_tile_row<'a>(
+    dst: &mut [u16],
+    n: usize,
+    out: usize,
+    row: impl Fn(usize) -> &'a [f32],
+) {
+    let inner_tiles = dst.len() / TILE_LEN;
+    for o in 0..TILE_ROWS {
+        let r = n * TILE_ROWS + o;
+        if r >= out {
+            break;
+        }
+        let source = row(r);
+        assert!(
+            source.len() <= inner_tiles * TILE_INNER,
+            "row longer than the tiles"
+        );
+        for (k, chunk) in source.chunks(TILE_INNER).enumerate() {
+            // SAFETY: `Amx` exists only where AVX-512 F/BW/BF16 do; the chunk has at most 32
+            // values; tile `k` (1 KiB) lies in `dst`, and the scatter writes its 16 rows'
+            // 4-byte column `o`.
+            unsafe { simd::scatter_pairs(chunk, dst.as_mut_ptr().add(k * TILE_LEN), o) };
+        }
+    }
+}
+
+/// Writes `rows` activation rows (`row(r)`, each at most `inner_tiles · 32` values) into
+/// zeroed tiles `dst` in the activation layout: tile `(m, k)` holds rows `16m..16m+16`, inputs
+/// `32k..32k+32`, row-major.
+fn pack_activation_rows<'a>(
+    dst: &mut [u16],
+    inner_tiles: usize,
+    rows: usize,
+    row: impl Fn(usize) -> &'a [f32],
+) {
+    assert!(dst.len() >= rows.div_ceil(TILE_ROWS) * inner_tiles * TILE_LEN);
+    for r in 0..rows {
+        let (m, within) = (r / TILE_ROWS, r % TILE_ROWS);
+        let source = row(r);
+        assert!(
+            source.len() <= inner_tiles * TILE_INNER,
+            "row longer than the tiles"
+        );
+        for (k, chunk) in source.chunks(TILE_INNER).enumerate() {
+            let start = (m * inner_tiles + k) * TILE_LEN + within * TILE_INNER;
+            // SAFETY: as in `pack_weight_tile_row`; the 64 bytes at `start` are one tile row,
+            // inside `dst` (checked above) and 64-byte aligned (tiles are).
+            unsafe { simd::store_row(chunk, dst.as_mut_ptr().add(start)) };
+        }
+    }
+}
+
+/// Writes the weight `W[o][i] = column(i)[o]` (`out` = `column(i).len()`, `inner` columns)
+/// into zeroed tiles `dst` in the layout of [`Bf16Weight`] (`inner_tiles` tiles per tile row):
+/// for the values of attention, whose rows are the product's inner side.
+fn pack_transposed_weight<'a>(
+    dst: &mut [u16],
+    inner_tiles: usize,
+    inner: usize,
+    column: impl Fn(usize) -> &'a [f32],
+) {
+    let out_tiles = dst.len() / (inner_tiles * TILE_LEN);
+    for i in (0..inner).step_by(2) {
+        let (k, p) = (i / TILE_INNER, (i % TILE_INNER) / 2);
+        let even = column(i);
+        let odd = if i + 1 < inner { column(i + 1) } else { &[] };
+        assert!(even.len() <= out_tiles * TILE_ROWS && odd.len() <= even.len());
+        for n in 0..even.len().div_ceil(TILE_ROWS) {
+            let part = |values: &'a [f32]| {
+                let end = values.len().min((n + 1) * TILE_ROWS);
+                &values[(n * TILE_ROWS).min(end)..end]
+            };
+            let start = (n * inner_tiles + k) * TILE_LEN + p * TILE_INNER;
+            // SAFETY: as in `pack_weight_tile_row`; tile `(n, k)` lies in `dst` (checked
+            // above) and its row `p` is 64 aligned bytes.
+            unsafe { simd::store_interleaved(part(even), part(odd), dst.as_mut_ptr().add(start)) };
+        }
+    }
+}
+
+/// The f32 → bf16 conversions of the packers, with AVX-512 BF16 (`VCVTNE2PS2BF16`: round to
+/// nearest even, NaN stays NaN; it reads denormals as zero, which [`to_bf16`] does not).
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    /// The mask of the first `count` (at most 16) lanes.
+    #[inline(always)]
+    fn first_lanes(count: usize) -> u16 {
+        ((1u32 << count) - 1) as u16
+    }
+
+    /// Loads up to 32 values (zeros past the end) and converts them: lane `p` of the result
+    /// holds values `2p` (low half) and `2p + 1` (high half).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn pairs(values: &[f32]) -> __m512i {
+        debug_assert!(values.len() <= 32);
+        let low_count = values.len().min(16);
+        let high_count = values.len().saturating_sub(16);
+        // Masked-off lanes are never read, so the second pointer may lie past the slice.
+        let low = _mm512_maskz_loadu_ps(first_lanes(low_count), values.as_ptr());
+        let high = _mm512_maskz_loadu_ps(first_lanes(high_count), values.as_ptr().wrapping_add(16));
+        std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(high, low))
+    }
+
+    /// Up to 32 values → one 64-byte row at `dst` (64-byte aligned).
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn store_row(values: &[f32], dst: *mut u16) {
+        _mm512_store_si512(dst.cast(), pairs(values));
+    }
+
+    /// Up to 32 values of one weight row → column `o` (4 bytes) of the 16 rows of the tile at
+    /// `tile`: pair `p` goes to row `p`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn scatter_pairs(values: &[f32], tile: *mut u16, o: usize) {
+        // Row p starts 16 four-byte units after row p − 1.
+        let rows = _mm512_setr_epi32(
+            0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240,
+        );
+        _mm512_i32scatter_epi32::<4>(tile.add(2 * o).cast(), rows, pairs(values));
+    }
+
+    /// Up to 16 values of `even` and of `odd` → one 64-byte row at `dst` (aligned):
+    /// `even[o], odd[o]` side by side for each `o`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn store_interleaved(even: &[f32], odd: &[f32], dst: *mut u16) {
+        debug_assert!(even.len() <= 16 && odd.len() <= 16);
+        let low = _mm512_maskz_loadu_ps(first_lanes(even.len()), even.as_ptr());
+        let high = _mm512_maskz_loadu_ps(first_lanes(odd.len()), odd.as_ptr());
+        let halves = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(high, low));
+        // Result element 2o takes even[o] (element o), 2o + 1 takes odd[o] (element 16 + o).
+        let order = _mm512_set_epi16(
+            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
+            4, 19, 3, 18, 2, 17, 1, 16, 0,
+        );
+        _mm512_store_si512(dst.cast(), _mm512_permutexvar_epi16(order, halves));
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod simd {
+    pub(super) unsafe fn store_row(_: &[f32], _: *mut u16) {
+        unreachable!("an Amx token exists only on x86-64")
+    }
+    pub(super) unsafe fn scatter_pairs(_: &[f32], _: *mut u16, _: usize) {
+        unreachable!("an Amx token exists only on x86-64")
+    }
+    pub(super) unsafe fn store_interleaved(_: &[f32], _: &[f32], _: *mut u16) {
+        unreachable!("an Amx token exists only on x86-64")
     }
 }
 
@@ -285,6 +640,12 @@ struct TileBuffer(Vec<Tile>);
 impl TileBuffer {
     fn zeroed(tiles: usize) -> Self {
         TileBuffer(vec![Tile([0; TILE_LEN]); tiles])
+    }
+
+    /// Makes the buffer `tiles` zeroed tiles long, keeping its allocation.
+    fn reset(&mut self, tiles: usize) {
+        self.0.clear();
+        self.0.resize(tiles, Tile([0; TILE_LEN]));
     }
 
     fn values(&self) -> &[u16] {
@@ -329,9 +690,10 @@ const TILE_CONFIG: TileConfig = {
     TileConfig(bytes)
 };
 
-/// One work item: 16 or 32 rows (one or two row tiles from `activations`) times the output
-/// columns of the tile pairs `pairs`, over the whole inner dimension, stored as f32 into
-/// `output` (rows `out_stride` floats apart, starting at this item's first row).
+/// One block of a product: 16 or 32 rows (one or two row tiles from `activations`) times the
+/// output columns of the tile pairs `pairs`, over the whole inner dimension (`inner_tiles`
+/// tiles), stored as f32 into `output` (rows `out_stride` floats apart, starting at the
+/// block's first row). The tile configuration must be loaded ([`load_tile_config`]).
 ///
 /// Tiles: tmm0–tmm3 accumulate (row tile × column tile), tmm4/tmm5 hold the activation tiles,
 /// tmm6/tmm7 the weight tiles. With 64-byte aligned tiles the order of loads and products made
@@ -349,11 +711,14 @@ unsafe fn kernel(
     use std::arch::asm;
     const TILE_STRIDE: usize = TILE_INNER * 2;
     let output_stride_bytes = out_stride * 4;
-    asm!("ldtilecfg [{config}]", config = in(reg) TILE_CONFIG.0.as_ptr(), options(nostack));
     let second_rows = activations.add(inner_tiles * TILE_LEN);
     for pair in pairs {
         let weights0 = weight_tiles.add(2 * pair * inner_tiles * TILE_LEN);
         let weights1 = weights0.add(inner_tiles * TILE_LEN);
+        let c0 = output.add(2 * pair * TILE_ROWS);
+        let c1 = c0.add(TILE_ROWS);
+        let c2 = c0.add(TILE_ROWS * out_stride);
+        let c3 = c2.add(TILE_ROWS);
         asm!(
             "tilezero tmm0",
             "tilezero tmm1",
@@ -388,8 +753,6 @@ unsafe fn kernel(
                 );
             }
         }
-        let c0 = output.add(2 * pair * TILE_ROWS);
-        let c1 = c0.add(TILE_ROWS);
         asm!(
             "tilestored [{c0} + {stride}*1], tmm0",
             "tilestored [{c1} + {stride}*1], tmm1",
@@ -399,8 +762,6 @@ unsafe fn kernel(
             options(nostack),
         );
         if two_row_tiles {
-            let c2 = c0.add(TILE_ROWS * out_stride);
-            let c3 = c2.add(TILE_ROWS);
             asm!(
                 "tilestored [{c2} + {stride}*1], tmm2",
                 "tilestored [{c3} + {stride}*1], tmm3",
@@ -411,7 +772,28 @@ unsafe fn kernel(
             );
         }
     }
-    asm!("tilerelease", options(nostack));
+}
+
+/// Loads [`TILE_CONFIG`]; every [`kernel`] call must come between this and [`release_tiles`]
+/// on the same thread.
+#[cfg(target_arch = "x86_64")]
+unsafe fn load_tile_config() {
+    std::arch::asm!("ldtilecfg [{config}]", config = in(reg) TILE_CONFIG.0.as_ptr(), options(nostack));
+}
+
+#[cfg(target_arch = "x86_64")]
+unsafe fn release_tiles() {
+    std::arch::asm!("tilerelease", options(nostack));
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn load_tile_config() {
+    unreachable!("an Amx token exists only on x86-64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn release_tiles() {
+    unreachable!("an Amx token exists only on x86-64")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -460,6 +842,168 @@ mod tests {
             0x7f80,
             "rounds up to infinity, as IEEE does"
         );
+    }
+
+    /// f64 attention over bf16-rounded queries, keys and values, for [`attention`]'s inputs:
+    /// `(batch, seq, heads · head_dim)`.
+    fn reference_attention(a: &AttentionInputs<'_>) -> Vec<f64> {
+        let round = |value: f32| from_bf16(to_bf16(value)) as f64;
+        let (batch, kv_heads, groups, seq, head_dim) =
+            (a.batch, a.kv_heads, a.groups, a.seq, a.head_dim);
+        let keys_total = a.first.len + a.second.len;
+        let heads = kv_heads * groups;
+        let mut out = vec![0f64; batch * seq * heads * head_dim];
+        for b in 0..batch {
+            for h in 0..kv_heads {
+                let row_of = |part: &KeyValues<'_>, buffer: &[f32], j: usize| -> Vec<f64> {
+                    let start = b * part.batch_stride + h * part.head_stride + j * head_dim;
+                    buffer[start..start + head_dim].iter().map(|&v| round(v)).collect()
+                };
+                let key = |j: usize| {
+                    if j < a.first.len {
+                        row_of(&a.first, a.first.keys, j)
+                    } else {
+                        row_of(&a.second, a.second.keys, j - a.first.len)
+                    }
+                };
+                let value = |j: usize| {
+                    if j < a.first.len {
+                        row_of(&a.first, a.first.values, j)
+                    } else {
+                        row_of(&a.second, a.second.values, j - a.first.len)
+                    }
+                };
+                for g in 0..groups {
+                    for t in 0..seq {
+                        let row = ((b * kv_heads + h) * groups * seq + g * seq + t) * head_dim;
+                        let q: Vec<f64> = a.queries[row..row + head_dim]
+                            .iter()
+                            .map(|&v| round(v))
+                            .collect();
+                        let mut scores: Vec<f64> = (0..keys_total)
+                            .map(|j| key(j).iter().zip(&q).map(|(k, q)| k * q).sum())
+                            .collect();
+                        match a.mask {
+                            AttentionMask::Causal => {
+                                for score in &mut scores[keys_total - seq + t + 1..] {
+                                    *score = f64::NEG_INFINITY;
+                                }
+                            }
+                            AttentionMask::Additive {
+                                values,
+                                mask_batch,
+                                mask_seq,
+                            } => {
+                                let mb = if mask_batch == 1 { 0 } else { b };
+                                let mt = if mask_seq == 1 { 0 } else { t };
+                                let mask = &values[(mb * mask_seq + mt) * keys_total..];
+                                for (score, &m) in scores.iter_mut().zip(mask) {
+                                    *score += m as f64;
+                                }
+                            }
+                        }
+                        let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                        let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                        let total: f64 = weights.iter().sum();
+                        let head = h * groups + g;
+                        for (j, w) in weights.iter().enumerate() {
+                            for (d, v) in value(j).iter().enumerate() {
+                                out[((b * seq + t) * heads + head) * head_dim + d] +=
+                                    w / total * v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The bf16 attention equals f64 attention over its bf16-rounded operands within the
+    /// rounding of the probabilities (8 bits), for a shared prefix (batch stride 0) followed by
+    /// own keys under the causal mask, and for one cache under an additive mask that hides
+    /// left padding; 40 query rows per head span two blocks of 32, head_dim 40 pads its tiles.
+    #[test]
+    fn amx_attention_matches_the_reference() {
+        let amx = match amx() {
+            Ok(amx) => amx,
+            Err(message) => {
+                eprintln!("AMX not available here: {message}");
+                return;
+            }
+        };
+        let (batch, kv_heads, groups, seq, past, head_dim) = (2, 2, 2, 20, 37, 40);
+        let queries = values(batch * kv_heads * groups * seq * head_dim, 11);
+        let prefix_keys = values(kv_heads * 50 * head_dim, 12);
+        let prefix_values = values(kv_heads * 50 * head_dim, 13);
+        let own_keys = values(batch * kv_heads * seq * head_dim, 14);
+        let own_values = values(batch * kv_heads * seq * head_dim, 15);
+        let shared = AttentionInputs {
+            batch,
+            kv_heads,
+            groups,
+            seq,
+            head_dim,
+            queries: &queries,
+            first: KeyValues {
+                keys: &prefix_keys,
+                values: &prefix_values,
+                batch_stride: 0,
+                head_stride: 50 * head_dim,
+                len: past,
+            },
+            second: KeyValues {
+                keys: &own_keys,
+                values: &own_values,
+                batch_stride: kv_heads * seq * head_dim,
+                head_stride: seq * head_dim,
+                len: seq,
+            },
+            mask: AttentionMask::Causal,
+        };
+        // Row 0 hides its first 3 keys, row 1 none; both causal over their 20 new positions.
+        let total = past + seq;
+        let mut mask = vec![0f32; batch * seq * total];
+        for b in 0..batch {
+            for t in 0..seq {
+                let row = &mut mask[(b * seq + t) * total..(b * seq + t + 1) * total];
+                for (j, m) in row.iter_mut().enumerate() {
+                    if (b == 0 && j < 3) || j > past + t {
+                        *m = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        let cache_keys = values(batch * kv_heads * 64 * head_dim, 16);
+        let cache_values = values(batch * kv_heads * 64 * head_dim, 17);
+        let padded = AttentionInputs {
+            first: KeyValues {
+                keys: &cache_keys,
+                values: &cache_values,
+                batch_stride: kv_heads * 64 * head_dim,
+                head_stride: 64 * head_dim,
+                len: total,
+            },
+            second: KeyValues::EMPTY,
+            mask: AttentionMask::Additive {
+                values: &mask,
+                mask_batch: batch,
+                mask_seq: seq,
+            },
+            ..shared
+        };
+        for inputs in [&shared, &padded] {
+            let actual = attention(amx, inputs);
+            let expected = reference_attention(inputs);
+            assert_eq!(actual.len(), expected.len());
+            let worst = actual
+                .iter()
+                .zip(&expected)
+                .map(|(a, e)| (*a as f64 - e).abs())
+                .fold(0.0, f64::max);
+            // Values lie in [-1, 1]: bf16 probabilities move an output by at most 2^-8.
+            assert!(worst < 4e-3, "largest difference {worst}");
+        }
     }
 
     /// The AMX product equals an f64 product of the bf16-rounded operands to f32 accuracy, for

@@ -654,6 +654,9 @@ pub struct Llama {
     pub lm_head_bf16: Option<Arc<Bf16Weight>>,
     /// `lm_head` transposed and packed in bf16, for training.
     pub lm_head_bf16_backward: Option<Arc<Bf16Weight>>,
+    /// Set by [`Llama::pack_bf16`]: scoring after a shared prefix runs its attention products
+    /// in bf16 on AMX too ([`super::amx::prefix_attention`]).
+    pub bf16_attention: Option<Amx>,
     pub tied_embeddings: bool,
     cos: Tensor,
     sin: Tensor,
@@ -775,6 +778,7 @@ impl Llama {
             lm_head,
             lm_head_bf16: None,
             lm_head_bf16_backward: None,
+            bf16_attention: None,
             tied_embeddings,
             cos,
             sin,
@@ -1051,6 +1055,20 @@ impl Llama {
         ))?;
         let prefix_k = prefix.keys[layer_index].narrow(2, 0, past)?.squeeze(0)?;
         let prefix_v = prefix.values[layer_index].narrow(2, 0, past)?.squeeze(0)?;
+        if let (Some(amx), true) = (
+            self.bf16_attention,
+            x.device().is_cpu() && x.dtype() == DType::F32,
+        ) {
+            return self.attention_amx(
+                amx,
+                attn,
+                &q,
+                seq,
+                (&prefix.keys[layer_index], &prefix.values[layer_index], past),
+                Some((&k, &v)),
+                None,
+            );
+        }
         let q_rows = q
             .transpose(0, 1)?
             .contiguous()?
@@ -1109,6 +1127,119 @@ impl Llama {
             .reshape((batch, heads, seq, head_dim))?
             .transpose(1, 2)?
             .reshape((batch, seq, heads * head_dim))?;
+        attn.o_proj.forward_inference(&out)
+    }
+
+    /// Attention with its products in bf16 on AMX ([`super::amx::attention`]): `q`
+    /// `(batch, kv_heads, groups · seq, head_dim)` rotated and scaled, against the first
+    /// `first.2` keys/values of the `(batch or 1, kv_heads, capacity, head_dim)` buffers
+    /// `first.0`/`first.1` (one row serves every batch row), then all of `second`'s; `mask` as
+    /// in [`Llama::forward_hidden`], causal when `None`. Returns `(batch, seq, hidden)` after
+    /// the output projection.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_amx(
+        &self,
+        amx: Amx,
+        attn: &Attention,
+        q: &Tensor,
+        seq: usize,
+        first: (&Tensor, &Tensor, usize),
+        second: Option<(&Tensor, &Tensor)>,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let (batch, kv_heads, rows, head_dim) = q.dims4()?;
+        let q = q.contiguous()?;
+        let contiguous_pair = |(k, v): (&Tensor, &Tensor)| -> candle_core::Result<_> {
+            Ok((k.contiguous()?, v.contiguous()?))
+        };
+        let first_buffers = contiguous_pair((first.0, first.1))?;
+        let second_buffers = second.map(contiguous_pair).transpose()?;
+        let mask = mask.map(Tensor::contiguous).transpose()?;
+        let (q_storage, q_layout) = q.storage_and_layout();
+        let (fk_storage, fk_layout) = first_buffers.0.storage_and_layout();
+        let (fv_storage, fv_layout) = first_buffers.1.storage_and_layout();
+        let describe = |keys: &Tensor, len: usize| -> candle_core::Result<(usize, usize, usize)> {
+            let (rows, heads, capacity, dim) = keys.dims4()?;
+            if heads != kv_heads
+                || dim != head_dim
+                || len > capacity
+                || (rows != 1 && rows != batch)
+            {
+                candle_core::bail!(
+                    "bf16 attention: key buffer {:?} does not fit {batch} rows of {kv_heads} \
+                     KV heads × {head_dim} with {len} keys",
+                    keys.dims()
+                );
+            }
+            let head_stride = capacity * head_dim;
+            let batch_stride = if rows == 1 { 0 } else { kv_heads * head_stride };
+            Ok((batch_stride, head_stride, len))
+        };
+        let (batch_stride, head_stride, len) = describe(&first_buffers.0, first.2)?;
+        let first_kv = super::amx::KeyValues {
+            keys: storage_f32(&fk_storage, fk_layout)?,
+            values: storage_f32(&fv_storage, fv_layout)?,
+            batch_stride,
+            head_stride,
+            len,
+        };
+        let second_guards = second_buffers
+            .as_ref()
+            .map(|(k, v)| (k.storage_and_layout(), v.storage_and_layout()));
+        let second_kv = match (&second_buffers, &second_guards) {
+            (Some((k, _)), Some(((sk_storage, sk_layout), (sv_storage, sv_layout)))) => {
+                let (batch_stride, head_stride, len) = describe(k, k.dim(2)?)?;
+                super::amx::KeyValues {
+                    keys: storage_f32(sk_storage, sk_layout)?,
+                    values: storage_f32(sv_storage, sv_layout)?,
+                    batch_stride,
+                    head_stride,
+                    len,
+                }
+            }
+            _ => super::amx::KeyValues::EMPTY,
+        };
+        let keys_total = first_kv.len + second_kv.len;
+        let mask_guard = mask.as_ref().map(|m| m.storage_and_layout());
+        let mask = match (&mask, &mask_guard) {
+            (Some(m), Some((storage, layout))) => {
+                let (mask_batch, one, other, mask_seq, total) = m.dims5()?;
+                if one != 1
+                    || other != 1
+                    || total != keys_total
+                    || (mask_batch != 1 && mask_batch != batch)
+                    || (mask_seq != 1 && mask_seq != seq)
+                {
+                    candle_core::bail!(
+                        "bf16 attention: mask {:?} does not fit {batch} rows of {seq} queries \
+                         over {keys_total} keys",
+                        m.dims()
+                    );
+                }
+                super::amx::AttentionMask::Additive {
+                    values: storage_f32(storage, layout)?,
+                    mask_batch,
+                    mask_seq,
+                }
+            }
+            _ => super::amx::AttentionMask::Causal,
+        };
+        let out = super::amx::attention(
+            amx,
+            &super::amx::AttentionInputs {
+                batch,
+                kv_heads,
+                groups: rows / seq,
+                seq,
+                head_dim,
+                queries: storage_f32(&q_storage, q_layout)?,
+                first: first_kv,
+                second: second_kv,
+                mask,
+            },
+        );
+        let hidden = kv_heads * rows / seq * head_dim;
+        let out = Tensor::from_vec(out, (batch, seq, hidden), &Device::Cpu)?;
         attn.o_proj.forward_inference(&out)
     }
 
@@ -1204,6 +1335,7 @@ impl Llama {
         let (forward, backward) = pack(&self.lm_head)?;
         self.lm_head_bf16 = Some(forward);
         self.lm_head_bf16_backward = backward;
+        self.bf16_attention = Some(amx);
         Ok(())
     }
 
@@ -1327,6 +1459,11 @@ impl Llama {
                 return project(&attn.o_proj, &out.reshape((batch, seq, heads * head_dim))?);
             }
         }
+        if let (Some(amx), false) = (self.bf16_attention, differentiable) {
+            if x.device().is_cpu() && x.dtype() == DType::F32 {
+                return self.attention_amx(amx, attn, &q, seq, (&k_all, &v_all, total), None, mask);
+            }
+        }
         let scores = q.matmul(&k_all.t()?)?;
         if fused_causal {
             let probs = super::ops::causal_softmax(&scores, seq, total - seq)?;
@@ -1355,6 +1492,19 @@ impl Llama {
             .transpose(1, 2)?
             .reshape((batch, seq, heads * head_dim))?;
         project(&attn.o_proj, &out)
+    }
+}
+
+/// The f32 values of a contiguous CPU storage region (for the bf16 prefix attention).
+fn storage_f32<'s>(
+    storage: &'s candle_core::Storage,
+    layout: &candle_core::Layout,
+) -> candle_core::Result<&'s [f32]> {
+    match storage {
+        candle_core::Storage::Cpu(cpu) => {
+            super::ops::contiguous_f32(cpu, layout, "bf16 prefix attention")
+        }
+        _ => candle_core::bail!("bf16 prefix attention runs on the CPU"),
     }
 }
 

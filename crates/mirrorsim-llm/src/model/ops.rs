@@ -404,37 +404,111 @@ unsafe fn softmax_row_avx512(scores: &[f32], out: &mut [f32]) {
     softmax_row_portable(scores, out);
 }
 
-/// Lanes of the max / sum reductions: independent accumulators the compiler keeps in vector
-/// registers (one sequential f32 accumulator cannot be vectorised).
-const LANES: usize = 16;
+/// `values[i] = e^(values[i] − max)` in place, to bf16 precision ([`exp_bf16_precision`]: the
+/// bf16 attention rounds these to 8 bits next); returns their sum (the softmax's denominator).
+/// AVX-512 with FMA; callers hold an [`super::amx::Amx`], whose CPUs have both.
+pub fn exp_shifted_in_place(values: &mut [f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma")
+    {
+        // SAFETY: the CPU supports AVX-512F and FMA, checked just above.
+        return unsafe { exp_shifted_in_place_avx512(values) };
+    }
+    let max = max_lanes(values);
+    let mut sum = 0f32;
+    for value in values.iter_mut() {
+        *value = exp_polynomial(*value - max);
+        sum += *value;
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn exp_shifted_in_place_avx512(values: &mut [f32]) -> f32 {
+    let max = max_lanes(values);
+    let mut sums = [0f32; LANES];
+    let mut chunks = values.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for (sum, value) in sums.iter_mut().zip(chunk) {
+            *value = exp_bf16_precision(*value - max);
+            *sum += *value;
+        }
+    }
+    let mut tail = 0f32;
+    for value in chunks.into_remainder() {
+        *value = exp_bf16_precision(*value - max);
+        tail += *value;
+    }
+    sums.iter().sum::<f32>() + tail
+}
+
+/// `e^x` for `x ≤ 0` within 5e-5 relative (bf16 keeps 8 bits, 4e-3): [`exp_polynomial`]'s
+/// range reduction with a degree-4 Taylor polynomial in fused multiply-adds.
+#[inline(always)]
+pub(crate) fn exp_bf16_precision(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0;
+    let clamped = if x < -87.0 { -87.0 } else { x };
+    let shifted = clamped.mul_add(LOG2_E, ROUND);
+    let n = shifted - ROUND;
+    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, clamped));
+    let p = r
+        .mul_add(1.0 / 24.0, 1.0 / 6.0)
+        .mul_add(r, 0.5)
+        .mul_add(r, 1.0)
+        .mul_add(r, 1.0);
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
+    if x < -87.0 {
+        0.0
+    } else {
+        p * scale
+    }
+}
 
 #[inline(always)]
-fn softmax_row_portable(scores: &[f32], out: &mut [f32]) {
+fn max_lanes(values: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
-    let chunks = scores.chunks_exact(LANES);
+    let chunks = values.chunks_exact(LANES);
     let tail = chunks.remainder();
     for chunk in chunks {
         for (lane, &value) in lanes.iter_mut().zip(chunk) {
             *lane = if value > *lane { value } else { *lane };
         }
     }
-    let max = tail
-        .iter()
+    tail.iter()
         .chain(&lanes)
         .copied()
-        .fold(f32::NEG_INFINITY, f32::max);
-    for (o, &value) in out.iter_mut().zip(scores) {
-        *o = exp_polynomial(value - max);
-    }
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
+#[inline(always)]
+fn sum_lanes(values: &[f32]) -> f32 {
     let mut sums = [0f32; LANES];
-    let chunks = out.chunks_exact(LANES);
+    let chunks = values.chunks_exact(LANES);
     let tail: f32 = chunks.remainder().iter().sum();
     for chunk in chunks {
         for (sum, &value) in sums.iter_mut().zip(chunk) {
             *sum += value;
         }
     }
-    let inv = 1.0 / (sums.iter().sum::<f32>() + tail);
+    sums.iter().sum::<f32>() + tail
+}
+
+/// Lanes of the max / sum reductions: independent accumulators the compiler keeps in vector
+/// registers (one sequential f32 accumulator cannot be vectorised).
+const LANES: usize = 16;
+
+#[inline(always)]
+fn softmax_row_portable(scores: &[f32], out: &mut [f32]) {
+    let max = max_lanes(scores);
+    for (o, &value) in out.iter_mut().zip(scores) {
+        *o = exp_polynomial(value - max);
+    }
+    let inv = 1.0 / sum_lanes(out);
     for o in out.iter_mut() {
         *o *= inv;
     }
@@ -516,6 +590,32 @@ impl CustomOp1 for CausalSoftmax {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bf16_precision_exp_is_within_6e5_and_keeps_zero_and_nan() {
+        let mut x = 0.0f32;
+        while x > -90.0 {
+            let expected = (x as f64).exp();
+            let actual = exp_bf16_precision(x) as f64;
+            if expected > 1e-37 {
+                assert!(
+                    ((actual - expected) / expected).abs() < 6e-5,
+                    "e^{x}: {actual} vs {expected}"
+                );
+            }
+            x -= 0.0137;
+        }
+        assert_eq!(exp_bf16_precision(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_bf16_precision(-100.0), 0.0);
+        assert!(exp_bf16_precision(f32::NAN).is_nan());
+        let mut row = [0.5f32, -1.0, f32::NEG_INFINITY, 2.0];
+        let sum = exp_shifted_in_place(&mut row);
+        let expected = [(-1.5f64).exp(), (-3.0f64).exp(), 0.0, 1.0];
+        for (a, e) in row.iter().zip(expected) {
+            assert!((*a as f64 - e).abs() < 1e-4, "{row:?}");
+        }
+        assert!((sum as f64 - expected.iter().sum::<f64>()).abs() < 1e-4);
+    }
     use candle_core::{Device, Var};
 
     #[test]
