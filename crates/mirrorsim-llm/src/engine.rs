@@ -43,21 +43,21 @@ pub struct EngineOptions {
     /// A PEFT LoRA adapter directory (`adapter_config.json` + `adapter_model.safetensors`),
     /// merged into the base weights at load.
     pub adapter: Option<std::path::PathBuf>,
-    /// Precision of the dense layers' products on the CPU.
+    /// Precision of the dense layers' and attention's products on the CPU.
     pub matmul: MatmulPrecision,
 }
 
-/// How the dense layers multiply on the CPU.
+/// How the dense layers (and, in inference, attention) multiply on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MatmulPrecision {
     /// f32 weights and activations: the reference, on every CPU.
     #[default]
     F32,
-    /// bf16 weights and activations with f32 accumulation on Intel AMX (Xeon 4th generation,
-    /// Sapphire Rapids, and later): about twice the prefill speed, half the weight bytes per
-    /// decode step; next-token log-probabilities move by up to about 0.06 and choice
-    /// probabilities by a few thousandths (tests/engine_smollm2.rs). Refused where AMX is
-    /// missing.
+    /// bf16 weights, activations, queries, keys, values and attention weights with f32
+    /// accumulation and softmax on Intel AMX (Xeon 4th generation, Sapphire Rapids, and later):
+    /// about twice the prefill speed, half the weight bytes per decode step; next-token
+    /// log-probabilities move by up to about 0.06 and choice probabilities by a few thousandths
+    /// (tests/engine_smollm2.rs). Refused where AMX (or AVX-512 BF16) is missing.
     Bf16,
 }
 

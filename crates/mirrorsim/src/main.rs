@@ -24,10 +24,11 @@ struct Cli {
     #[arg(long, global = true, env = "MIRRORSIM_CUDA", value_name = "ORDINAL")]
     cuda: Option<usize>,
 
-    /// Precision of local models' dense layers on the CPU: f32 (the reference) or bf16 on Intel
-    /// AMX (Xeon 4th generation and later): faster prefill, scoring and batched decoding
-    /// (BENCHMARKS.md); choice probabilities move by a few thousandths. In training, the frozen
-    /// base weights' products run in bf16 and the adapters, attention and optimizer in f32.
+    /// Precision of local models' matrix products on the CPU: f32 (the reference) or bf16 on
+    /// Intel AMX (Xeon 4th generation and later) for the dense layers and attention: faster
+    /// prefill, scoring and batched decoding (BENCHMARKS.md); choice probabilities move by a few
+    /// thousandths. In training, the frozen base weights' products run in bf16 and the adapters,
+    /// attention and optimizer in f32.
     #[arg(long, global = true, env = "MIRRORSIM_MATMUL", default_value = "f32", value_parser = ["f32", "bf16"])]
     matmul: String,
 

@@ -857,7 +857,10 @@ mod tests {
             for h in 0..kv_heads {
                 let row_of = |part: &KeyValues<'_>, buffer: &[f32], j: usize| -> Vec<f64> {
                     let start = b * part.batch_stride + h * part.head_stride + j * head_dim;
-                    buffer[start..start + head_dim].iter().map(|&v| round(v)).collect()
+                    buffer[start..start + head_dim]
+                        .iter()
+                        .map(|&v| round(v))
+                        .collect()
                 };
                 let key = |j: usize| {
                     if j < a.first.len {
@@ -908,8 +911,7 @@ mod tests {
                         let head = h * groups + g;
                         for (j, w) in weights.iter().enumerate() {
                             for (d, v) in value(j).iter().enumerate() {
-                                out[((b * seq + t) * heads + head) * head_dim + d] +=
-                                    w / total * v;
+                                out[((b * seq + t) * heads + head) * head_dim + d] += w / total * v;
                             }
                         }
                     }
