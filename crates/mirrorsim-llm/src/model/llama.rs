@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 use super::amx::{Amx, Bf16Weight};
 use super::config::LlamaConfig;
-use super::lora::{frozen_matmul_t, FrozenBf16, LoraLayer};
+use super::lora::{frozen_matmul_t, lora_linear, FrozenBf16, LoraLayer};
 use crate::backend::LlmError;
 
 /// A dense layer `y = x Wᵀ + b` with the HF weight layout `(out, in)`, and optionally a LoRA
@@ -44,6 +44,11 @@ impl Linear {
         let in_features = dims[dims.len() - 1];
         let rows = x.elem_count() / in_features.max(1);
         let flat = x.reshape((rows, in_features))?;
+        if let Some(lora) = &self.lora {
+            if let Some(y) = lora_linear(&flat, &self.weight, self.bf16_pair(), lora)? {
+                return self.finish_without_adapter(y, dims);
+            }
+        }
         let y = frozen_matmul_t(&flat, &self.weight, self.bf16_pair())?;
         self.finish(&flat, y, dims)
     }
@@ -58,16 +63,21 @@ impl Linear {
 
     /// Adds the adapter and the bias to the flat `(rows, out)` product and restores the input's
     /// leading dims.
-    fn finish(
-        &self,
-        flat: &Tensor,
-        y: Tensor,
-        mut dims: Vec<usize>,
-    ) -> candle_core::Result<Tensor> {
+    fn finish(&self, flat: &Tensor, y: Tensor, dims: Vec<usize>) -> candle_core::Result<Tensor> {
         let y = match &self.lora {
             Some(lora) => (y + lora.delta(flat)?)?,
             None => y,
         };
+        self.finish_without_adapter(y, dims)
+    }
+
+    /// Adds the bias to the flat `(rows, out)` output (adapter included) and restores the
+    /// input's leading dims.
+    fn finish_without_adapter(
+        &self,
+        y: Tensor,
+        mut dims: Vec<usize>,
+    ) -> candle_core::Result<Tensor> {
         let y = match &self.bias {
             Some(bias) => y.broadcast_add(bias)?,
             None => y,

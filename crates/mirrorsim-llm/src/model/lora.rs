@@ -195,6 +195,117 @@ pub fn frozen_matmul_t(
     }
 }
 
+/// `x · Wᵀ + s · drop(x) · Aᵀ · Bᵀ` for a flat `x (rows, in)` as one op with its own backward,
+/// on the CPU in f32 while training (`None` elsewhere: the caller composes it from candle's
+/// ops). The composite graph (dropout, two matmuls, the scale, the sum) has six nodes, and for
+/// each of them candle's backprop allocates a zeroed gradient and adds into it; this op's
+/// backward computes `∂x`, `∂A` and `∂B` directly. The frozen product runs in bf16 on AMX when
+/// `packed` is given, as in [`frozen_matmul_t`].
+pub fn lora_linear(
+    x: &Tensor,
+    weight: &Tensor,
+    packed: Option<FrozenBf16<'_>>,
+    lora: &LoraLayer,
+) -> candle_core::Result<Option<Tensor>> {
+    let (a, b) = (lora.a.as_tensor(), lora.b.as_tensor());
+    let on_cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if weight.track_op() || !on_cpu_f32(x) || !on_cpu_f32(weight) || !on_cpu_f32(a) {
+        return Ok(None);
+    }
+    let mask = match &lora.dropout_stream {
+        Some(stream) if lora.dropout > 0.0 => {
+            Some(stream.mask(x.dims(), lora.dropout, x.device())?)
+        }
+        _ => None,
+    };
+    let op = LoraLinear {
+        weight: weight.clone(),
+        packed: packed.map(|p| (Arc::clone(p.forward), Arc::clone(p.backward))),
+        mask,
+        scale: lora.scale,
+    };
+    Ok(Some(x.contiguous()?.apply_op3(a, b, op)?))
+}
+
+struct LoraLinear {
+    weight: Tensor,
+    packed: Option<(Arc<Bf16Weight>, Arc<Bf16Weight>)>,
+    /// The dropout mask of `x` (0 or `1/(1 − p)`), drawn once for forward and backward.
+    mask: Option<Tensor>,
+    scale: f64,
+}
+
+impl LoraLinear {
+    fn dropped(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.mask {
+            Some(mask) => x * mask,
+            None => Ok(x.clone()),
+        }
+    }
+}
+
+impl candle_core::CustomOp3 for LoraLinear {
+    fn name(&self) -> &'static str {
+        "lora-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x_storage: &CpuStorage,
+        x_layout: &Layout,
+        a_storage: &CpuStorage,
+        a_layout: &Layout,
+        b_storage: &CpuStorage,
+        b_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (rows, _) = x_layout.shape().dims2()?;
+        let out = self.weight.dim(0)?;
+        let x_data = super::ops::contiguous_f32(x_storage, x_layout, "lora-linear")?;
+        let x = Tensor::from_slice(x_data, x_layout.shape(), &Device::Cpu)?;
+        let a = super::ops::cpu_tensor(a_storage, a_layout)?;
+        let b = super::ops::cpu_tensor(b_storage, b_layout)?;
+        let mut y = match &self.packed {
+            Some((forward, _)) => forward.matmul_t(x_data, rows),
+            None => x.matmul(&self.weight.t()?)?.flatten_all()?.to_vec1()?,
+        };
+        let update: Vec<f32> = self
+            .dropped(&x)?
+            .matmul(&a.t()?)?
+            .matmul(&b.t()?)?
+            .flatten_all()?
+            .to_vec1()?;
+        let scale = self.scale as f32;
+        for (y, u) in y.iter_mut().zip(&update) {
+            *y += scale * u;
+        }
+        Ok((CpuStorage::F32(y), Shape::from((rows, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (x, a, b) = (x.detach(), a.detach(), b.detach());
+        let dy = grad_res.detach().contiguous()?;
+        let x_dropped = self.dropped(&x)?;
+        // g = dy · B (rows, r): the gradient at the adapter's rank-r bottleneck, unscaled.
+        let g = dy.matmul(&b)?;
+        let through_adapter = self.dropped(&(g.matmul(&a)? * self.scale)?)?;
+        let through_base = match &self.packed {
+            Some((_, backward)) => backward.matmul_t_tensor(&dy)?,
+            None => dy.matmul(&self.weight)?,
+        };
+        let dx = (through_base + through_adapter)?;
+        let da = (g.t()?.matmul(&x_dropped)? * self.scale)?;
+        let db = (dy.t()?.matmul(&x_dropped.matmul(&a.t()?)?)? * self.scale)?;
+        Ok((Some(dx), Some(da), Some(db)))
+    }
+}
+
 struct FrozenMatmulT {
     weight: Tensor,
     packed: Option<(Arc<Bf16Weight>, Arc<Bf16Weight>)>,
@@ -578,5 +689,76 @@ impl Llama {
             ));
         }
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filled(rows: usize, cols: usize, seed: usize) -> candle_core::Result<Tensor> {
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| (((i * 7919 + seed * 104_729) % 1000) as f32 / 500.0) - 1.0)
+            .collect();
+        Tensor::from_vec(values, (rows, cols), &Device::Cpu)
+    }
+
+    fn largest_difference(a: &Tensor, b: &Tensor) -> candle_core::Result<f32> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    /// The fused LoRA op gives the composite graph's output and its gradients for `x`, `A` and
+    /// `B` (dropout on, the same mask drawn), with f32 base products and, where the CPU has AMX,
+    /// with the bf16 packs both paths share.
+    #[test]
+    fn fused_lora_linear_matches_the_composite_graph() -> candle_core::Result<()> {
+        let (rows, inp, out, rank) = (37, 40, 48, 4);
+        let x = Var::from_tensor(&filled(rows, inp, 1)?)?;
+        let weight = filled(out, inp, 2)?;
+        let probe = filled(rows, out, 3)?;
+        let stream = DropoutStream::new(11);
+        let lora = LoraLayer {
+            a: Var::from_tensor(&filled(rank, inp, 4)?)?,
+            b: Var::from_tensor(&filled(out, rank, 5)?)?,
+            scale: 2.0,
+            dropout: 0.3,
+            dropout_stream: Some(stream.clone()),
+        };
+        let mut variants: Vec<Option<(Arc<Bf16Weight>, Arc<Bf16Weight>)>> = vec![None];
+        if let Ok(amx) = super::super::amx::amx() {
+            variants.push(Some((
+                Arc::new(Bf16Weight::from_tensor(amx, &weight)?),
+                Arc::new(Bf16Weight::from_tensor(amx, &weight.t()?.contiguous()?)?),
+            )));
+        }
+        for packs in &variants {
+            let packed = packs
+                .as_ref()
+                .map(|(forward, backward)| FrozenBf16 { forward, backward });
+            stream.reseed(7);
+            let fused = lora_linear(x.as_tensor(), &weight, packed, &lora)?
+                .ok_or_else(|| candle_core::Error::Msg("fused op not taken".into()))?;
+            stream.reseed(7);
+            let composite =
+                (frozen_matmul_t(x.as_tensor(), &weight, packed)? + lora.delta(x.as_tensor())?)?;
+            assert!(largest_difference(&fused, &composite)? < 1e-4);
+            let fused_grads = (fused * &probe)?.sum_all()?.backward()?;
+            let composite_grads = (composite * &probe)?.sum_all()?.backward()?;
+            for (name, var) in [("x", &x), ("A", &lora.a), ("B", &lora.b)] {
+                let (Some(f), Some(c)) = (
+                    fused_grads.get(var.as_tensor()),
+                    composite_grads.get(var.as_tensor()),
+                ) else {
+                    panic!("no gradient for {name}");
+                };
+                let scale = c.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                let difference = largest_difference(f, c)?;
+                assert!(
+                    difference <= 1e-5 * scale.max(1.0),
+                    "{name}: gradients differ by {difference} (largest {scale})"
+                );
+            }
+        }
+        Ok(())
     }
 }
