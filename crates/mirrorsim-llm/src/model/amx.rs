@@ -1,19 +1,19 @@
 //! bf16 matrix products on Intel AMX (Sapphire Rapids and later), on the CPU: the dense layers
-//! in inference and the frozen base weights' products in LoRA training.
+//! and attention in inference, and the frozen base weights' products in LoRA training.
 //!
 //! Opt-in (`MatmulPrecision::Bf16`): each weight is rounded to bf16 once, at load, and stored in
-//! the tile layout `TDPBF16PS` reads; activations are rounded to bf16 on every call; products
-//! accumulate in f32. One tile product does 16 × 16 × 32 multiply-adds in 16 cycles (measured
-//! 2.9 TFLOP/s on one core from L1); this kernel reaches about a quarter of that on layer-sized
-//! products, where half the operand tiles come from L2, which still makes the dense layers a
-//! small part of prefill and scoring time; bf16 weights also halve the bytes a decode step reads.
-//! The price is bf16 rounding of both operands (8 significant bits): next-token
-//! log-probabilities move by up to about 0.06, so the f32 path stays the default and the
-//! reference for the correctness tests.
+//! the tile layout `TDPBF16PS` reads; activations (and attention's queries, keys, values and
+//! exponentials) are rounded to bf16 on every call with AVX-512 BF16; products accumulate in
+//! f32. One tile product does 16 × 16 × 32 multiply-adds in 16 cycles (measured 2.0–2.9 TFLOP/s
+//! on one core); this VM's two vCPUs share one core's tile unit, and the 2×2-tile kernel reaches
+//! 0.6–0.75 TFLOP/s on two threads at layer sizes (BENCHMARKS.md). bf16 weights also halve the
+//! bytes a decode step reads. The price is bf16 rounding of both operands (8 significant bits):
+//! next-token log-probabilities move by up to about 0.06, so the f32 path stays the default and
+//! the reference for the correctness tests.
 //!
 //! The instructions are written with `asm!` (Rust's AMX intrinsics are unstable). Linux hands a
 //! process the 8 KiB tile state only on request (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), which
-//! [`amx`] makes once; every kernel loads its tile configuration and releases it when done.
+//! [`amx`] makes once; every work item loads its tile configuration and releases it when done.
 
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
@@ -107,11 +107,11 @@ const TILE_ROWS: usize = 16;
 const TILE_INNER: usize = 32;
 /// bf16 values in one 1 KiB tile.
 const TILE_LEN: usize = TILE_ROWS * TILE_INNER;
-/// Row blocks (of 32 rows) a work item covers: the item keeps one tile pair of the weight
-/// (32 outputs × the whole inner dimension, 36 KiB for 576 inputs) in L1 while the
-/// activations of its rows stream from L2. Items that swept every column for one row block
-/// instead re-read the whole weight from L3 per row block (2.7× slower on a 600 × 576 · 1536
-/// product).
+/// Row blocks (of 32 rows) a work item covers: the item reuses one tile pair of the weight
+/// (32 outputs × the whole inner dimension, 36 KiB for 576 inputs) while the activations of
+/// its rows stream past. Items that swept 4 pairs for one row block re-read the whole weight
+/// (1.7 MB for 576 × 1536) per row block, and ran 1.15–1.2× slower on a 600 × 576 · 1536
+/// product (`examples/amx_bench.rs`, 1 and 2 threads).
 const ROW_BLOCKS_PER_ITEM: usize = 8;
 
 /// A weight `(out, in)` in bf16, packed for `TDPBF16PS`: tile `(n, k)` holds output rows

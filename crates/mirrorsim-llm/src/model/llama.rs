@@ -664,8 +664,8 @@ pub struct Llama {
     pub lm_head_bf16: Option<Arc<Bf16Weight>>,
     /// `lm_head` transposed and packed in bf16, for training.
     pub lm_head_bf16_backward: Option<Arc<Bf16Weight>>,
-    /// Set by [`Llama::pack_bf16`]: scoring after a shared prefix runs its attention products
-    /// in bf16 on AMX too ([`super::amx::prefix_attention`]).
+    /// Set by [`Llama::pack_bf16`]: inference attention (prefill, scoring, batched prefill;
+    /// not single-token decode) runs its products in bf16 on AMX too ([`super::amx::attention`]).
     pub bf16_attention: Option<Amx>,
     pub tied_embeddings: bool,
     cos: Tensor,
@@ -1505,16 +1505,14 @@ impl Llama {
     }
 }
 
-/// The f32 values of a contiguous CPU storage region (for the bf16 prefix attention).
+/// The f32 values of a contiguous CPU storage region (for the bf16 attention).
 fn storage_f32<'s>(
     storage: &'s candle_core::Storage,
     layout: &candle_core::Layout,
 ) -> candle_core::Result<&'s [f32]> {
     match storage {
-        candle_core::Storage::Cpu(cpu) => {
-            super::ops::contiguous_f32(cpu, layout, "bf16 prefix attention")
-        }
-        _ => candle_core::bail!("bf16 prefix attention runs on the CPU"),
+        candle_core::Storage::Cpu(cpu) => super::ops::contiguous_f32(cpu, layout, "bf16 attention"),
+        _ => candle_core::bail!("bf16 attention runs on the CPU"),
     }
 }
 
