@@ -359,22 +359,19 @@ pub fn attention(_amx: Amx, a: &AttentionInputs<'_>) -> Vec<f32> {
         .into_par_iter()
         .map(|pair| {
             let (b, h) = (pair / kv_heads, pair % kv_heads);
-            let start_of = |part: &KeyValues<'_>| b * part.batch_stride + h * part.head_stride;
-            let (first_start, second_start) = (start_of(&first), start_of(&second));
-            let key = |j: usize| -> &[f32] {
-                if j < first.len {
-                    &first.keys[first_start + j * head_dim..][..head_dim]
+            // Key or value `j`: the first part's, then the second's.
+            let row = |j: usize, keys: bool| -> &[f32] {
+                let (part, j) = if j < first.len {
+                    (&first, j)
                 } else {
-                    &second.keys[second_start + (j - first.len) * head_dim..][..head_dim]
-                }
+                    (&second, j - first.len)
+                };
+                let buffer = if keys { part.keys } else { part.values };
+                let start = b * part.batch_stride + h * part.head_stride + j * head_dim;
+                &buffer[start..start + head_dim]
             };
-            let value = |j: usize| -> &[f32] {
-                if j < first.len {
-                    &first.values[first_start + j * head_dim..][..head_dim]
-                } else {
-                    &second.values[second_start + (j - first.len) * head_dim..][..head_dim]
-                }
-            };
+            let key = |j: usize| row(j, true);
+            let value = |j: usize| row(j, false);
             let mut key_pack = TileBuffer::zeroed(key_tiles * dim_inner_tiles);
             for (n, dst) in key_pack
                 .values_mut()

@@ -441,21 +441,12 @@ unsafe fn exp_shifted_in_place_avx512(values: &mut [f32]) -> f32 {
 /// range reduction with a degree-4 Taylor polynomial in fused multiply-adds.
 #[inline(always)]
 pub(crate) fn exp_bf16_precision(x: f32) -> f32 {
-    const LOG2_E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const ROUND: f32 = 12_582_912.0;
-    let clamped = if x < -87.0 { -87.0 } else { x };
-    let shifted = clamped.mul_add(LOG2_E, ROUND);
-    let n = shifted - ROUND;
-    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, clamped));
+    let (r, scale) = exp_range_reduction(x);
     let p = r
         .mul_add(1.0 / 24.0, 1.0 / 6.0)
         .mul_add(r, 0.5)
         .mul_add(r, 1.0)
         .mul_add(r, 1.0);
-    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
-    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
     if x < -87.0 {
         0.0
     } else {
@@ -535,11 +526,27 @@ fn softmax_row_portable(scores: &[f32], out: &mut [f32]) {
 }
 
 /// `e^x` for `x ≤ 0` (softmax arguments after subtracting the max) within 2 ulp, branch-free so
-/// loops over it vectorise: `x = n ln 2 + r` with `|r| ≤ ln 2 / 2`, `e^r` by its degree-6 Taylor
-/// polynomial (remainder below 1.2e-7 relative), `2^n` written into the exponent bits. Arguments
-/// below −87 (where `e^x` leaves the normal f32 range) and `-inf` give 0; NaN gives NaN.
+/// loops over it vectorise: `x = n ln 2 + r` with `|r| ≤ ln 2 / 2` ([`exp_range_reduction`]),
+/// `e^r` by its degree-6 Taylor polynomial (remainder below 1.2e-7 relative), `2^n` written into
+/// the exponent bits. Arguments below −87 (where `e^x` leaves the normal f32 range) and `-inf`
+/// give 0; NaN gives NaN.
 #[inline(always)]
 pub(crate) fn exp_polynomial(x: f32) -> f32 {
+    let (r, scale) = exp_range_reduction(x);
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    if x < -87.0 {
+        0.0
+    } else {
+        p * scale
+    }
+}
+
+/// `x = n ln 2 + r` for the exponentials above: `(r, 2^n)`, with `x` clamped to −87 from below.
+#[inline(always)]
+fn exp_range_reduction(x: f32) -> (f32, f32) {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split so that n · LN2_HI is exact for |n| < 2^9.
     const LN2_HI: f32 = 0.693_359_4;
@@ -551,19 +558,10 @@ pub(crate) fn exp_polynomial(x: f32) -> f32 {
     let shifted = clamped * LOG2_E + ROUND;
     let n = shifted - ROUND;
     let r = clamped - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     // `shifted` is ROUND + n exactly, so its low mantissa bits are n: integer ops that vectorise,
     // where `n as i32` (a saturating cast) would not.
     let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
-    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
-    if x < -87.0 {
-        0.0
-    } else {
-        p * scale
-    }
+    (r, f32::from_bits(n_bits.wrapping_add(127) << 23))
 }
 
 impl CustomOp1 for CausalSoftmax {
