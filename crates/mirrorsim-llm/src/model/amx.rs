@@ -85,23 +85,6 @@ fn enable() -> Result<(), String> {
     Err("bf16 matmul runs on Intel AMX under x86-64 Linux only; use the default f32 matmul".into())
 }
 
-/// f32 → bf16, rounding to nearest even; NaN stays NaN (quiet), infinities stay infinite.
-#[inline(always)]
-pub fn to_bf16(value: f32) -> u16 {
-    let bits = value.to_bits();
-    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
-    let nan = ((bits >> 16) as u16) | 0x0040;
-    if bits & 0x7fff_ffff > 0x7f80_0000 {
-        nan
-    } else {
-        rounded
-    }
-}
-
-pub fn from_bf16(value: u16) -> f32 {
-    f32::from_bits((value as u32) << 16)
-}
-
 /// Rows of a tile, and bf16 values along the inner dimension of one tile row.
 const TILE_ROWS: usize = 16;
 const TILE_INNER: usize = 32;
@@ -552,7 +535,7 @@ fn pack_transposed_weight<'a>(
 }
 
 /// The f32 → bf16 conversions of the packers, with AVX-512 BF16 (`VCVTNE2PS2BF16`: round to
-/// nearest even, NaN stays NaN; it reads denormals as zero, which [`to_bf16`] does not).
+/// nearest even, NaN stays NaN; it reads denormals as zero).
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use std::arch::x86_64::*;
@@ -822,6 +805,23 @@ mod tests {
             .collect()
     }
 
+    /// The reference rounding: f32 → bf16 to nearest even; NaN stays NaN (quiet), infinities stay
+    /// infinite. The packers' `VCVTNE2PS2BF16` must agree with it (denormals aside).
+    fn to_bf16(value: f32) -> u16 {
+        let bits = value.to_bits();
+        let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+        let nan = ((bits >> 16) as u16) | 0x0040;
+        if bits & 0x7fff_ffff > 0x7f80_0000 {
+            nan
+        } else {
+            rounded
+        }
+    }
+
+    fn from_bf16(value: u16) -> f32 {
+        f32::from_bits((value as u32) << 16)
+    }
+
     #[test]
     fn bf16_rounding_is_to_nearest_even_and_keeps_nan_and_infinity() {
         assert_eq!(to_bf16(1.0), 0x3f80);
@@ -839,6 +839,28 @@ mod tests {
             0x7f80,
             "rounds up to infinity, as IEEE does"
         );
+        // The conversion the packers run rounds the same way (on a CPU with AMX).
+        if amx().is_ok() {
+            let values = [
+                1.0,
+                1.0 + 1.0 / 256.0,
+                1.0 + 3.0 / 256.0,
+                1.0 + 1.5 / 256.0,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                f32::MAX,
+                -0.3,
+                1e-3,
+            ];
+            let mut tile = TileBuffer::zeroed(1);
+            pack_activation_rows(tile.values_mut(), 1, 1, |_| &values[..]);
+            for (value, &packed) in values.iter().zip(tile.values()) {
+                assert_eq!(packed, to_bf16(*value), "{value}");
+            }
+            let nans = [f32::NAN, f32::from_bits(0x7f80_0001)];
+            pack_activation_rows(tile.values_mut(), 1, 1, |_| &nans[..]);
+            assert!(tile.values()[..2].iter().all(|&b| from_bf16(b).is_nan()));
+        }
     }
 
     /// f64 attention over bf16-rounded queries, keys and values, for [`attention`]'s inputs:

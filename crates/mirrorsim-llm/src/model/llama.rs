@@ -1063,8 +1063,6 @@ impl Llama {
             groups * seq,
             head_dim,
         ))?;
-        let prefix_k = prefix.keys[layer_index].narrow(2, 0, past)?.squeeze(0)?;
-        let prefix_v = prefix.values[layer_index].narrow(2, 0, past)?.squeeze(0)?;
         if let (Some(amx), true) = (
             self.bf16_attention,
             x.device().is_cpu() && x.dtype() == DType::F32,
@@ -1079,6 +1077,8 @@ impl Llama {
                 None,
             );
         }
+        let prefix_k = prefix.keys[layer_index].narrow(2, 0, past)?.squeeze(0)?;
+        let prefix_v = prefix.values[layer_index].narrow(2, 0, past)?.squeeze(0)?;
         let q_rows = q
             .transpose(0, 1)?
             .contiguous()?
