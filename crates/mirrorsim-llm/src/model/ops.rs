@@ -398,7 +398,7 @@ unsafe fn softmax_row_avx512(scores: &[f32], out: &mut [f32]) {
     softmax_row_portable(scores, out);
 }
 
-/// `values[i] = e^(values[i] − max)` in place, to bf16 precision ([`exp_bf16_precision`]: the
+/// `values[i] = e^(values[i] − max)` in place, to bf16 precision (`exp_bf16_precision`: the
 /// bf16 attention rounds these to 8 bits next); returns their sum (the softmax's denominator).
 /// AVX-512 with FMA; callers hold an [`super::amx::Amx`], whose CPUs have both.
 pub fn exp_shifted_in_place(values: &mut [f32]) -> f32 {
