@@ -10,7 +10,9 @@
 #                                    SKIP_BASE_RANDOM=1 (the base model's random-negative
 #                                    evaluation is already at hand), BASELINES=none (no baselines
 #                                    at all: fit them elsewhere with `eval --model none`),
-#                                    BIN (a prebuilt mirrorsim)
+#                                    BIN (a prebuilt mirrorsim), ITEM_STATS=1 (options show
+#                                    their rating count and mean: `scenes --item-stats`),
+#                                    MAX_LEN (512: longest training sequence)
 #
 # MIRRORSIM_CUDA=0 with a `--features cuda` binary runs every model stage on the GPU. The
 # baselines are fitted once, in the base model's evaluation; the fine-tuned models' evaluations
@@ -27,6 +29,11 @@ eval_scenes="${EVAL_SCENES:-500}"
 train_scenes="${TRAIN_SCENES:-96}"
 dpo_pairs="${DPO_PAIRS:-48}"
 history="${HISTORY:-6}"
+max_len="${MAX_LEN:-512}"
+item_stats=()
+if [[ "${ITEM_STATS:-0}" == 1 ]]; then
+    item_stats=(--item-stats)
+fi
 eval_every="${EVAL_EVERY:-4}"
 save_every="${SAVE_EVERY:-4}"
 micro_batch="${MICRO_BATCH:-1}"
@@ -43,11 +50,11 @@ stamp() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$out/timings.log"; }
 stamp "scenes (random negatives)"
 "$bin" --log warn scenes --source "recbole:$data" --out "$out/scenes-random" --seed 0 \
     --max-train "$train_scenes" --max-eval "$eval_scenes" --eval-options 5 --train-options 5..5 \
-    --history "$history" --negatives random=1 > /dev/null
+    --history "$history" --negatives random=1 "${item_stats[@]}" > /dev/null
 stamp "scenes (popularity negatives)"
 "$bin" --log warn scenes --source "recbole:$data" --out "$out/scenes-popularity" --seed 0 \
     --max-train 0 --max-eval "$eval_scenes" --eval-options 5 --history "$history" \
-    --negatives popularity=1 > /dev/null
+    --negatives popularity=1 "${item_stats[@]}" > /dev/null
 
 python3 - "$out/scenes-random/scenes.train.jsonl" "$out" "$dpo_pairs" <<'PY'
 import json, random, sys
@@ -84,14 +91,14 @@ if [[ "${SKIP_BASE_RANDOM:-0}" != 1 ]]; then
 fi
 stamp "train sft"
 "$bin" --log warn train sft --data "$out/sft.jsonl" --out "$out/train/sft" --lr 1e-3 \
-    --micro-batch "$micro_batch" --grad-accum "$grad_accum" --max-len 512 --eval-fraction 0.1 --eval-every "$eval_every" \
+    --micro-batch "$micro_batch" --grad-accum "$grad_accum" --max-len "$max_len" --eval-fraction 0.1 --eval-every "$eval_every" \
     --save-every "$save_every" --resume \
     > "$out/train-sft.txt"
 evaluate sft-random scenes-random "$out/train/sft"
 stamp "train dpo"
 "$bin" --log warn train dpo --adapter "$out/train/sft" --data "$out/dpo.jsonl" \
     --out "$out/train/dpo" --lr 5e-4 --micro-batch "$dpo_micro_batch" \
-    --grad-accum $((4 / dpo_micro_batch)) --max-len 512 --eval-fraction 0.1 \
+    --grad-accum $((4 / dpo_micro_batch)) --max-len "$max_len" --eval-fraction 0.1 \
     --eval-every "$eval_every" --save-every "$save_every" --resume > "$out/train-dpo.txt"
 evaluate sft-dpo-random scenes-random "$out/train/dpo"
 evaluate base-popularity scenes-popularity

@@ -432,3 +432,72 @@ fn ml100k_never_offers_an_item_released_after_the_decision() {
     check_scene_invariants(&catalog, &set.train, 10);
     check_scene_invariants(&catalog, &set.eval, 10);
 }
+
+/// `item_stats`: the same scenes as without it, and every option line ends with the option's
+/// rating count and mean over the interactions strictly before the decision and before the
+/// cutoff, recounted here by brute force.
+#[test]
+fn ml1m_item_stats_count_only_what_was_visible_at_the_decision() {
+    let Some(catalog) = ml1m() else {
+        return;
+    };
+    let plain = build_scenes(catalog, &config(3, 100, 100)).unwrap();
+    let with_stats = build_scenes(
+        catalog,
+        &SceneConfig {
+            item_stats: true,
+            ..config(3, 100, 100)
+        },
+    )
+    .unwrap();
+    let cutoff = with_stats.summary.cutoff_timestamp.unwrap();
+    let mut never_rated = 0;
+    for (a, b) in plain
+        .train
+        .iter()
+        .chain(&plain.eval)
+        .zip(with_stats.train.iter().chain(&with_stats.eval))
+    {
+        assert_eq!((&a.id, &a.options, a.answer), (&b.id, &b.options, b.answer));
+        let visible_until = b.timestamp.min(cutoff);
+        let prompt = &b.direct_messages[1].content;
+        for (label, item_id) in b.labels.iter().zip(&b.options) {
+            let item = catalog.item_idx(item_id).unwrap();
+            let ratings: Vec<f32> = catalog
+                .interactions
+                .iter()
+                .filter(|i| i.item == item && i.timestamp < visible_until)
+                .map(|i| i.rating.unwrap())
+                .collect();
+            let expected = match ratings.len() {
+                0 => {
+                    never_rated += 1;
+                    "no ratings yet".to_owned()
+                }
+                n => format!(
+                    "{} rating{}, average {:.1}/5",
+                    n.to_string()
+                        .as_bytes()
+                        .rchunks(3)
+                        .rev()
+                        .map(|c| std::str::from_utf8(c).unwrap())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    if n == 1 { "" } else { "s" },
+                    ratings.iter().map(|&r| f64::from(r)).sum::<f64>() / n as f64
+                ),
+            };
+            let line = prompt
+                .lines()
+                .find(|l| l.starts_with(&format!("[{label}] ")))
+                .unwrap();
+            assert!(
+                line.ends_with(&format!(" — {expected}")),
+                "scene {}: `{line}` should end with `{expected}`",
+                b.id
+            );
+        }
+    }
+    // Early train decisions meet items nobody had rated yet; the check saw both kinds.
+    assert!(never_rated > 0);
+}

@@ -236,6 +236,9 @@ pub struct SceneConfig {
     pub content_pool: usize,
     /// A folder whose template files replace the embedded ones (see [`TEMPLATE_NAMES`]).
     pub prompts_dir: Option<PathBuf>,
+    /// Describe each option by how often it was chosen before the decision and its mean
+    /// rating, counted on interactions strictly before the decision and before the cutoff.
+    pub item_stats: bool,
 }
 
 impl Default for SceneConfig {
@@ -256,6 +259,7 @@ impl Default for SceneConfig {
             content_neighbours: 50,
             content_pool: 10,
             prompts_dir: None,
+            item_stats: false,
         }
     }
 }

@@ -12,10 +12,10 @@ use std::path::Path;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Catalog, Item};
+use crate::catalog::{Catalog, Item, ItemIdx};
 use crate::error::DataError;
 use crate::scenes::negatives::{Scene, UserIndex};
-use crate::scenes::split::history_before;
+use crate::scenes::split::{history_before, TimeSplit};
 use crate::scenes::{HistoryEntry, SceneConfig, SceneRecord, MAX_OPTIONS, POSITIVE_SOURCE};
 
 /// The template files, by name; each may be overridden in a prompts folder.
@@ -160,6 +160,9 @@ pub(crate) struct OptionView<'a> {
     pub(crate) label: &'a str,
     pub(crate) title: &'a str,
     pub(crate) details: &'a str,
+    /// With `item_stats`: how often the item was chosen before the decision and its mean
+    /// rating ("1,234 ratings, average 4.1/5").
+    pub(crate) stats: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -196,6 +199,8 @@ pub struct SceneRenderer<'a> {
     item_details: Vec<String>,
     /// The highest rating in the data, shown as the scale ("4/5").
     rating_scale: Option<f32>,
+    /// With `item_stats`: each item's earlier interactions, to describe options with.
+    item_stats: Option<ItemStats>,
     /// Per number of options: the labels and the two system prompts.
     per_k: Vec<Option<(Vec<String>, String, String)>>,
 }
@@ -225,12 +230,17 @@ impl<'a> SceneRenderer<'a> {
             let direct = prompts.render(3, &view)?;
             per_k[k] = Some((labels, rationale, direct));
         }
+        let item_stats = config.item_stats.then(|| {
+            let cutoff_position = TimeSplit::compute(catalog, config.eval_fraction).cutoff_position;
+            ItemStats::build(catalog, cutoff_position)
+        });
         Ok(SceneRenderer {
             catalog,
             prompts,
             history_len: config.history_len,
             item_details,
             rating_scale,
+            item_stats,
             per_k,
         })
     }
@@ -281,6 +291,11 @@ impl<'a> SceneRenderer<'a> {
                     label,
                     title: &item.title,
                     details: &self.item_details[i as usize],
+                    stats: self.item_stats.as_ref().map(|stats| {
+                        stats
+                            .before(catalog, i, decision.timestamp)
+                            .describe(self.rating_scale)
+                    }),
                 }
             })
             .collect();
@@ -353,6 +368,101 @@ impl<'a> SceneRenderer<'a> {
     fn format_rating(&self, rating: f32) -> String {
         format_rating(rating, self.rating_scale)
     }
+}
+
+/// Per item, its interactions before the cutoff in time order, with running rating totals, so
+/// that an option can be described as of any decision time without looking past the cutoff.
+struct ItemStats {
+    /// Per item: (position in `catalog.interactions`, interactions so far, ratings so far,
+    /// sum of those ratings), ascending by position.
+    running: Vec<Vec<(u32, u32, u32, f64)>>,
+    cutoff_position: usize,
+}
+
+/// An item's record before one decision.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ItemRecord {
+    chosen: u32,
+    rated: u32,
+    rating_sum: f64,
+}
+
+impl ItemStats {
+    fn build(catalog: &Catalog, cutoff_position: usize) -> Self {
+        let mut running: Vec<Vec<(u32, u32, u32, f64)>> = vec![Vec::new(); catalog.items.len()];
+        for (position, interaction) in catalog.interactions[..cutoff_position].iter().enumerate() {
+            let entries = &mut running[interaction.item as usize];
+            let (_, chosen, rated, sum) = entries.last().copied().unwrap_or((0, 0, 0, 0.0));
+            let (rated, sum) = match interaction.rating {
+                Some(r) => (rated + 1, sum + f64::from(r)),
+                None => (rated, sum),
+            };
+            entries.push((position as u32, chosen + 1, rated, sum));
+        }
+        ItemStats {
+            running,
+            cutoff_position,
+        }
+    }
+
+    /// The item's interactions strictly before `timestamp` and before the cutoff: an eval
+    /// scene never sees the eval period, a train scene never sees its own decision or later.
+    fn before(&self, catalog: &Catalog, item: ItemIdx, timestamp: i64) -> ItemRecord {
+        let limit = catalog
+            .interactions
+            .partition_point(|i| i.timestamp < timestamp)
+            .min(self.cutoff_position);
+        let entries = &self.running[item as usize];
+        match entries[..entries.partition_point(|e| (e.0 as usize) < limit)].last() {
+            Some(&(_, chosen, rated, rating_sum)) => ItemRecord {
+                chosen,
+                rated,
+                rating_sum,
+            },
+            None => ItemRecord {
+                chosen: 0,
+                rated: 0,
+                rating_sum: 0.0,
+            },
+        }
+    }
+}
+
+impl ItemRecord {
+    /// Where the data has ratings (`scale` known): "1,234 ratings, average 4.1/5" or "no
+    /// ratings yet"; elsewhere "chosen 12 times" or "not chosen yet".
+    fn describe(&self, scale: Option<f32>) -> String {
+        let Some(scale) = scale else {
+            return match self.chosen {
+                0 => "not chosen yet".to_owned(),
+                1 => "chosen once".to_owned(),
+                n => format!("chosen {} times", thousands(n)),
+            };
+        };
+        if self.rated == 0 {
+            return "no ratings yet".to_owned();
+        }
+        let ratings = if self.rated == 1 { "rating" } else { "ratings" };
+        let mean = self.rating_sum / f64::from(self.rated);
+        format!(
+            "{} {ratings}, average {mean:.1}/{}",
+            thousands(self.rated),
+            format_rating(scale, None)
+        )
+    }
+}
+
+/// 1234567 → "1,234,567".
+fn thousands(n: u32) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// "4/5" when the scale is known, else "4".
@@ -565,6 +675,119 @@ pub fn relative_time(seconds: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::{CatalogBuilder, Interaction};
+    use crate::scenes::Split;
+
+    /// Three users, three items; with eval_fraction 0.375 the last three interactions (from
+    /// t = 60) are the eval share, so the cutoff position is 5.
+    fn stats_catalog() -> Catalog {
+        let mut b = CatalogBuilder::new("tiny");
+        for user in ["u1", "u2", "u3"] {
+            b.add_user(user, Default::default());
+        }
+        for item in ["i1", "i2", "i3"] {
+            b.add_item(item, Some(item.to_uppercase()), Default::default(), None);
+        }
+        for (user, item, timestamp, rating) in [
+            ("u1", "i1", 10, 4.0),
+            ("u2", "i1", 20, 5.0),
+            ("u3", "i2", 30, 3.0),
+            ("u1", "i2", 40, 2.0),
+            ("u2", "i3", 50, 4.0),
+            ("u3", "i1", 60, 1.0),
+            ("u1", "i3", 60, 3.0),
+            ("u2", "i2", 70, 5.0),
+        ] {
+            let (user, item) = (b.user(user), b.item(item));
+            b.push_interaction(Interaction {
+                user,
+                item,
+                timestamp,
+                rating: Some(rating),
+                review: None,
+                impressions: None,
+            });
+        }
+        b.finish()
+    }
+
+    #[test]
+    fn item_stats_count_strictly_before_the_decision_and_never_past_the_cutoff() {
+        let catalog = stats_catalog();
+        let cutoff = TimeSplit::compute(&catalog, 0.375);
+        assert_eq!((cutoff.cutoff, cutoff.cutoff_position), (Some(60), 5));
+        let stats = ItemStats::build(&catalog, cutoff.cutoff_position);
+        let idx = |id: &str| catalog.item_idx(id).unwrap();
+        let describe =
+            |item: &str, t: i64| stats.before(&catalog, idx(item), t).describe(Some(5.0));
+        // The interaction at the decision's own timestamp is not counted.
+        assert_eq!(describe("i1", 20), "1 rating, average 4.0/5");
+        assert_eq!(describe("i1", 21), "2 ratings, average 4.5/5");
+        assert_eq!(describe("i3", 50), "no ratings yet");
+        // Eval decisions see the counts as of the cutoff: u3's rating of i1 at t = 60 and
+        // u1's of i3 are in the eval share.
+        assert_eq!(describe("i1", 1_000), "2 ratings, average 4.5/5");
+        assert_eq!(describe("i3", 1_000), "1 rating, average 4.0/5");
+        assert_eq!(describe("i2", 70), "2 ratings, average 2.5/5");
+
+        let unrated = ItemRecord {
+            chosen: 12,
+            rated: 0,
+            rating_sum: 0.0,
+        };
+        assert_eq!(unrated.describe(None), "chosen 12 times");
+        let new = ItemRecord {
+            chosen: 0,
+            ..unrated
+        };
+        assert_eq!(new.describe(None), "not chosen yet");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn item_stats_appear_on_option_lines_only_when_asked_for() {
+        let catalog = stats_catalog();
+        let prompts = PromptSet::embedded().unwrap();
+        let index = UserIndex::build(&catalog);
+        let idx = |id: &str| catalog.item_idx(id).unwrap();
+        // u2's eval decision for i2 at t = 70 (position 7), beside i1 and i3.
+        let scene = Scene {
+            position: 7,
+            split: Split::Eval,
+            options: vec![idx("i1"), idx("i2"), idx("i3")],
+            sources: vec![None; 3],
+            answer: 1,
+            requested: Vec::new(),
+        };
+        let config = |item_stats| SceneConfig {
+            eval_fraction: 0.375,
+            eval_options: 3,
+            item_stats,
+            ..SceneConfig::default()
+        };
+        let render = |item_stats| {
+            let renderer = SceneRenderer::new(&catalog, &prompts, &config(item_stats)).unwrap();
+            renderer.render(&scene, &index).unwrap().direct_messages[1]
+                .content
+                .clone()
+        };
+        let with = render(true);
+        for line in [
+            "[A] I1 — 2 ratings, average 4.5/5",
+            "[B] I2 — 2 ratings, average 2.5/5",
+            "[C] I3 — 1 rating, average 4.0/5",
+        ] {
+            assert!(
+                with.lines().any(|l| l == line),
+                "no line `{line}` in\n{with}"
+            );
+        }
+        let without = render(false);
+        assert!(without.lines().any(|l| l == "[A] I1"), "{without}");
+        assert!(!without.contains("average"));
+    }
 
     #[test]
     fn relative_times_read_naturally() {

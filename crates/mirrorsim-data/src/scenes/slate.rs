@@ -368,6 +368,7 @@ impl SlateCatalog {
                     label,
                     title: &o.title,
                     details: &o.details,
+                    stats: None,
                 })
                 .collect(),
         };

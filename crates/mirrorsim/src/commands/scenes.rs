@@ -66,6 +66,11 @@ pub struct ScenesArgs {
     /// rationale_system.j2, rationale_user.j2, direct_system.j2, direct_user.j2).
     #[arg(long, value_name = "DIR")]
     prompts: Option<PathBuf>,
+    /// Describe each option by how often it was chosen before the decision and its mean
+    /// rating ("1,234 ratings, average 4.1/5"), counted strictly before the decision
+    /// and never after the cutoff: the popularity a real catalogue shows beside an item.
+    #[arg(long)]
+    item_stats: bool,
     /// Count and skip malformed rows (reported per reason) instead of failing on the first.
     #[arg(long)]
     skip_bad_rows: bool,
@@ -87,6 +92,7 @@ impl ScenesArgs {
             max_eval_scenes: self.max_eval,
             seed: self.seed,
             prompts_dir: self.prompts.clone(),
+            item_stats: self.item_stats,
             ..SceneConfig::default()
         }
     }
