@@ -897,8 +897,10 @@ impl Llama {
     }
 
     /// Final-normed hidden states `(batch, seq, hidden)` of `input_ids` from position 0 under a
-    /// causal mask, without a cache: the training forward. With `differentiable`, attention
-    /// uses [`super::ops::causal_softmax`] (one saved tensor per layer instead of five).
+    /// causal mask, without a cache: the training forward. With `differentiable`, on the CPU
+    /// in f32 each attention is one op from the projections to the output projection's input
+    /// ([`super::ops::causal_attention`]), elsewhere the composite graph with
+    /// [`super::ops::causal_softmax`] (one saved tensor per layer instead of five).
     pub fn forward_hidden_causal(
         &self,
         input_ids: &Tensor,
@@ -967,7 +969,7 @@ impl Llama {
             let gate = project(&layer.mlp.gate_proj, &h)?;
             let up = project(&layer.mlp.up_proj, &h)?;
             let activation = if differentiable {
-                (gate.silu()? * up)?
+                super::ops::silu_mul_with_grad(&gate, &up)?
             } else {
                 super::ops::silu_mul(&gate, &up)?
             };
@@ -1428,15 +1430,30 @@ impl Llama {
                 linear.forward_inference(x)
             }
         };
-        let q = project(&attn.q_proj, x)?
+        let (q, k, v) = (
+            project(&attn.q_proj, x)?,
+            project(&attn.k_proj, x)?,
+            project(&attn.v_proj, x)?,
+        );
+        if fused_causal && cache.is_none() {
+            let shape = super::ops::AttentionHeads {
+                heads,
+                kv_heads,
+                head_dim,
+            };
+            if let Some(out) = super::ops::causal_attention(&q, &k, &v, cos, sin, shape)? {
+                return project(&attn.o_proj, &out);
+            }
+        }
+        let q = q
             .reshape((batch, seq, heads, head_dim))?
             .transpose(1, 2)?
             .contiguous()?;
-        let k = project(&attn.k_proj, x)?
+        let k = k
             .reshape((batch, seq, kv_heads, head_dim))?
             .transpose(1, 2)?
             .contiguous()?;
-        let v = project(&attn.v_proj, x)?
+        let v = v
             .reshape((batch, seq, kv_heads, head_dim))?
             .transpose(1, 2)?
             .contiguous()?;
@@ -1455,14 +1472,10 @@ impl Llama {
             None => (k, v),
         };
         let total = k_all.dim(2)?;
+        let scale = 1.0 / (head_dim as f64).sqrt();
         // Grouped-query attention without copying K/V: the `groups` query heads that share one
         // KV head are laid out next to each other, so they fold into the row dimension.
-        let q = (q * (1.0 / (head_dim as f64).sqrt()))?.reshape((
-            batch,
-            kv_heads,
-            groups * seq,
-            head_dim,
-        ))?;
+        let q = (q * scale)?.reshape((batch, kv_heads, groups * seq, head_dim))?;
         if !differentiable && seq == 1 {
             if let Some(out) = single_token_attention(&q, &k_all, &v_all, mask)? {
                 // With one position, (batch, heads, 1, head_dim) is already (batch, 1, hidden).

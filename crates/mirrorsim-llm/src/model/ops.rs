@@ -9,6 +9,11 @@
 //! exp, sum, divide) keeps five score-sized tensors per layer alive for backprop; this keeps one
 //! (the probabilities), which is most of a training step's activation memory at long sequences.
 //!
+//! [`causal_attention`] goes further on the CPU: a whole training self-attention (head
+//! transposes, RoPE, scores, causal softmax, values) in one op with its own backward, because
+//! candle's backprop allocates a zeroed gradient and adds into it for every graph node.
+//! [`silu_mul_with_grad`] does the same for the MLP's activation.
+//!
 //! [`softmax_last_dim`] is the inference softmax. Both softmaxes normalise rows with
 //! [`softmax_row`], whose exponential is a polynomial the compiler vectorises (libm's scalar
 //! `expf` was a tenth of the choice-scoring time).
@@ -256,6 +261,89 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
     Tensor::from_vec(out, gate.shape(), &Device::Cpu)
 }
 
+/// `silu(gate) · up` with gradients for both, for training: one node where the composite
+/// (`silu`, then a product) has two activation-sized ones, and the exponential of
+/// [`silu_mul`]. Backward: `∂up = dy · silu(g)`, `∂gate = dy · u · σ(g)(1 + g(1 − σ(g)))`.
+/// Off the CPU, or for shapes that differ, the composite ops are used.
+pub fn silu_mul_with_grad(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+    if !cpu_f32(gate) || !cpu_f32(up) || gate.dims() != up.dims() {
+        return gate.silu()? * up;
+    }
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SiluMul)
+}
+
+struct SiluMul;
+
+/// σ(g), with e^(−g) clamped as in [`silu_mul_chunk_portable`].
+#[inline(always)]
+fn sigmoid(g: f32) -> f32 {
+    let negated = if -g > 87.0 { 87.0 } else { -g };
+    1.0 / (1.0 + exp_polynomial(negated))
+}
+
+impl CustomOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "silu-mul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gate_storage: &CpuStorage,
+        gate_layout: &Layout,
+        up_storage: &CpuStorage,
+        up_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        const CHUNK: usize = 4096;
+        let gates = contiguous_f32(gate_storage, gate_layout, "silu-mul")?;
+        let ups = contiguous_f32(up_storage, up_layout, "silu-mul")?;
+        if gates.len() != ups.len() {
+            candle_core::bail!("silu-mul needs two tensors of one shape");
+        }
+        let mut out = vec![0f32; gates.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(gates.par_chunks(CHUNK).zip(ups.par_chunks(CHUNK)))
+            .for_each(|(out, (gates, ups))| silu_mul_chunk(out, gates, ups));
+        Ok((CpuStorage::F32(out), gate_layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        const CHUNK: usize = 4096;
+        let dy = grad_res.detach().contiguous()?;
+        if gate.dims() != up.dims() || gate.dims() != dy.dims() {
+            candle_core::bail!("silu-mul backward: the gradient's shape differs from the inputs'");
+        }
+        let inputs = [&gate.detach(), &up.detach(), &dy];
+        let (d_gate, d_up) = with_cpu_f32(inputs, "silu-mul backward", |[gates, ups, dys]| {
+            let mut d_gate = vec![0f32; gates.len()];
+            let mut d_up = vec![0f32; gates.len()];
+            d_gate
+                .par_chunks_mut(CHUNK)
+                .zip(d_up.par_chunks_mut(CHUNK))
+                .zip(gates.par_chunks(CHUNK))
+                .zip(ups.par_chunks(CHUNK).zip(dys.par_chunks(CHUNK)))
+                .for_each(|(((d_gate, d_up), gates), (ups, dys))| {
+                    for i in 0..gates.len() {
+                        let (g, u, dy) = (gates[i], ups[i], dys[i]);
+                        let s = sigmoid(g);
+                        d_up[i] = dy * g * s;
+                        d_gate[i] = dy * u * s * (1.0 + g * (1.0 - s));
+                    }
+                });
+            (d_gate, d_up)
+        })?;
+        Ok((
+            Some(Tensor::from_vec(d_gate, gate.shape(), &Device::Cpu)?),
+            Some(Tensor::from_vec(d_up, up.shape(), &Device::Cpu)?),
+        ))
+    }
+}
+
 /// Runs `f` on the f32 data of two CPU tensors (made contiguous first); `op` names the caller
 /// in errors.
 fn with_two_cpu_f32<R>(
@@ -264,18 +352,32 @@ fn with_two_cpu_f32<R>(
     op: &str,
     f: impl FnOnce(&[f32], &[f32]) -> R,
 ) -> candle_core::Result<R> {
-    let (a, b) = (a.contiguous()?, b.contiguous()?);
-    let (a_storage, a_layout) = a.storage_and_layout();
-    let (b_storage, b_layout) = b.storage_and_layout();
-    let (candle_core::Storage::Cpu(a_cpu), candle_core::Storage::Cpu(b_cpu)) =
-        (&*a_storage, &*b_storage)
-    else {
-        candle_core::bail!("{op} runs on f32 CPU tensors");
+    with_cpu_f32([a, b], op, |[a, b]| f(a, b))
+}
+
+/// Runs `f` on the f32 data of `N` CPU tensors (made contiguous first); `op` names the caller
+/// in errors.
+fn with_cpu_f32<const N: usize, R>(
+    tensors: [&Tensor; N],
+    op: &str,
+    f: impl FnOnce([&[f32]; N]) -> R,
+) -> candle_core::Result<R> {
+    let contiguous = tensors
+        .iter()
+        .map(|t| t.contiguous())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let storages: Vec<_> = contiguous.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(N);
+    for (storage, layout) in &storages {
+        let candle_core::Storage::Cpu(cpu) = &**storage else {
+            candle_core::bail!("{op} runs on f32 CPU tensors");
+        };
+        slices.push(contiguous_f32(cpu, layout, op)?);
+    }
+    let Ok(slices) = <[&[f32]; N]>::try_from(slices) else {
+        candle_core::bail!("{op}: expected {N} tensors");
     };
-    Ok(f(
-        contiguous_f32(a_cpu, a_layout, op)?,
-        contiguous_f32(b_cpu, b_layout, op)?,
-    ))
+    Ok(f(slices))
 }
 
 /// Layout of the attention scores of continuations scored on top of a shared prefix.
@@ -483,6 +585,24 @@ fn sum_lanes(values: &[f32]) -> f32 {
     sums.iter().sum::<f32>() + tail
 }
 
+/// `Σ aᵢ·bᵢ` with [`LANES`] independent accumulators, so the loop vectorises.
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let mut sums = [0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (a, b) in a_chunks.zip(b_chunks) {
+        for ((sum, &a), &b) in sums.iter_mut().zip(a).zip(b) {
+            *sum += a * b;
+        }
+    }
+    sums.iter().sum::<f32>() + tail
+}
+
 /// `out = silu(gates) · ups`, with AVX-512 where the CPU has it (chosen at run time).
 fn silu_mul_chunk(out: &mut [f32], gates: &[f32], ups: &[f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -603,6 +723,217 @@ impl CustomOp1 for CausalSoftmax {
         let weighted = (grad_res * res)?.sum_keepdim(D::Minus1)?;
         Ok(Some((grad_res.broadcast_sub(&weighted)? * res)?))
     }
+}
+
+/// The heads of a causal self-attention (see [`causal_attention`]).
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionHeads {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Causal self-attention without a cache, for training, from the projections to the input of
+/// the output projection, in one op with its own backward. `q (batch, seq, heads·head_dim)`,
+/// `k`, `v (batch, seq, kv_heads·head_dim)` are the projections' outputs; RoPE (`cos`, `sin` as
+/// `(seq, head_dim/2)`) and the 1/√head_dim scale are applied inside. Returns
+/// `(batch, seq, heads·head_dim)`.
+///
+/// The composite graph (head transposes, RoPE, scale, two matmuls, the softmax, the output
+/// transpose) has about fifteen nodes, and candle's backprop allocates a zeroed gradient and
+/// adds into it for every one, several of them score-sized. Here the probabilities are the one
+/// score-sized tensor kept, as in [`causal_softmax`], and the backward is `dV = Pᵀ·dO`,
+/// `dS = P ⊙ (dO·Vᵀ − rowsum(P ⊙ dO·Vᵀ))`, `dQ = s·dS·K`, `dK = s·dSᵀ·Q`, then RoPE by −θ.
+/// The `groups` query heads of a KV head are folded into rows, as in the inference path.
+/// `None` off the CPU or outside f32: the caller keeps the composite graph there.
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    heads: AttentionHeads,
+) -> candle_core::Result<Option<Tensor>> {
+    if !cpu_f32(q) || !cpu_f32(k) || !cpu_f32(v) || cos.rank() != 2 {
+        return Ok(None);
+    }
+    let op = CausalAttention {
+        heads,
+        cos: cos.contiguous()?,
+        sin: sin.contiguous()?,
+        saved: std::sync::Mutex::new(None),
+    };
+    Ok(Some(q.contiguous()?.apply_op3(
+        &k.contiguous()?,
+        &v.contiguous()?,
+        op,
+    )?))
+}
+
+struct CausalAttention {
+    heads: AttentionHeads,
+    cos: Tensor,
+    sin: Tensor,
+    /// From the forward, for the backward: the rotated, folded queries and keys, the values
+    /// (all head-major) and the probabilities `(batch, kv_heads, groups·seq, seq)`.
+    saved: std::sync::Mutex<Option<[Tensor; 4]>>,
+}
+
+impl CausalAttention {
+    fn groups(&self) -> usize {
+        self.heads.heads / self.heads.kv_heads.max(1)
+    }
+
+    /// `(batch, seq, n·head_dim)` → `(batch, n, seq, head_dim)`, contiguous.
+    fn split_heads(&self, x: &Tensor, n: usize) -> candle_core::Result<Tensor> {
+        let (batch, seq, _) = x.dims3()?;
+        x.reshape((batch, seq, n, self.heads.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// `(batch, n, seq, head_dim)` → `(batch, seq, n·head_dim)`.
+    fn merge_heads(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (batch, n, seq, head_dim) = x.dims4()?;
+        x.transpose(1, 2)?.reshape((batch, seq, n * head_dim))
+    }
+
+    /// Rotated queries folded to `(batch, kv_heads, groups·seq, head_dim)`, rotated keys and
+    /// the values `(batch, kv_heads, seq, head_dim)`, and the probabilities.
+    fn forward_parts(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> candle_core::Result<[Tensor; 4]> {
+        let AttentionHeads {
+            heads,
+            kv_heads,
+            head_dim,
+        } = self.heads;
+        let (batch, seq, _) = q.dims3()?;
+        let rotate = |x: Tensor| candle_nn::rotary_emb::rope(&x, &self.cos, &self.sin);
+        let q = rotate(self.split_heads(q, heads)?)?.reshape((
+            batch,
+            kv_heads,
+            self.groups() * seq,
+            head_dim,
+        ))?;
+        let k = rotate(self.split_heads(k, kv_heads)?)?;
+        let v = self.split_heads(v, kv_heads)?;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let scores = (&q * scale)?.matmul(&k.t()?)?;
+        let probs = scores.apply_op1_no_bwd(&CausalSoftmax { seq, past: 0 })?;
+        Ok([q, k, v, probs])
+    }
+}
+
+impl candle_core::CustomOp3 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q_storage: &CpuStorage,
+        q_layout: &Layout,
+        k_storage: &CpuStorage,
+        k_layout: &Layout,
+        v_storage: &CpuStorage,
+        v_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let q = cpu_tensor(q_storage, q_layout)?;
+        let k = cpu_tensor(k_storage, k_layout)?;
+        let v = cpu_tensor(v_storage, v_layout)?;
+        let AttentionHeads {
+            heads,
+            kv_heads,
+            head_dim,
+        } = self.heads;
+        let (batch, seq, width) = q.dims3()?;
+        let kv_shape = [batch, seq, kv_heads * head_dim];
+        if width != heads * head_dim
+            || k.dims() != kv_shape
+            || v.dims() != kv_shape
+            || heads % kv_heads.max(1) != 0
+            || self.cos.dims() != [seq, head_dim / 2]
+        {
+            candle_core::bail!(
+                "causal-attention: q {:?}, k {:?}, v {:?}, rope {:?} do not fit {heads} query \
+                 heads, {kv_heads} KV heads of {head_dim}",
+                q.dims(),
+                k.dims(),
+                v.dims(),
+                self.cos.dims()
+            );
+        }
+        let parts = self.forward_parts(&q, &k, &v)?;
+        let [_, _, v, probs] = &parts;
+        let out = probs.matmul(v)?.reshape((batch, heads, seq, head_dim))?;
+        let out = self.merge_heads(&out)?;
+        if let Ok(mut saved) = self.saved.lock() {
+            *saved = Some(parts);
+        }
+        cpu_output(out)
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let AttentionHeads {
+            heads,
+            kv_heads,
+            head_dim,
+        } = self.heads;
+        let (batch, seq, _) = q.dims3()?;
+        let saved = self.saved.lock().ok().and_then(|mut p| p.take());
+        let [q, k, v, probs] = match saved {
+            Some(parts) => parts,
+            None => self.forward_parts(&q.detach(), &k.detach(), &v.detach())?,
+        };
+        let rows = self.groups() * seq;
+        let d_out = self
+            .split_heads(&grad_res.detach(), heads)?
+            .reshape((batch, kv_heads, rows, head_dim))?;
+        let d_v = probs.t()?.matmul(&d_out)?;
+        let d_probs = d_out.matmul(&v.t()?)?.contiguous()?;
+        let d_scores = softmax_backward_rows(&probs, &d_probs)?;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let d_q = (d_scores.matmul(&k)? * scale)?.reshape((batch, heads, seq, head_dim))?;
+        let d_k = (d_scores.t()?.matmul(&q)? * scale)?;
+        // RoPE is a rotation by θ: its gradient is the rotation by −θ.
+        let sin_back = self.sin.neg()?;
+        let unrotate =
+            |x: &Tensor| candle_nn::rotary_emb::rope(&x.contiguous()?, &self.cos, &sin_back);
+        Ok((
+            Some(self.merge_heads(&unrotate(&d_q)?)?),
+            Some(self.merge_heads(&unrotate(&d_k)?)?),
+            Some(self.merge_heads(&d_v)?),
+        ))
+    }
+}
+
+/// `P ⊙ (dP − rowsum(P ⊙ dP))` row by row, for contiguous CPU f32 `probs` and `d_probs`.
+fn softmax_backward_rows(probs: &Tensor, d_probs: &Tensor) -> candle_core::Result<Tensor> {
+    let total = probs.dim(D::Minus1)?.max(1);
+    let out = with_two_cpu_f32(probs, d_probs, "causal-attention backward", |p, dp| {
+        let mut out = vec![0f32; p.len()];
+        out.par_chunks_mut(total)
+            .zip(p.par_chunks(total).zip(dp.par_chunks(total)))
+            .for_each(|(out, (p, dp))| {
+                let dot = dot_lanes(p, dp);
+                for ((out, p), dp) in out.iter_mut().zip(p).zip(dp) {
+                    *out = p * (dp - dot);
+                }
+            });
+        out
+    })?;
+    Tensor::from_vec(out, probs.shape(), &Device::Cpu)
 }
 
 #[cfg(test)]
@@ -870,6 +1201,77 @@ mod tests {
             let g1 = (fused * &probe)?.sum_all()?.backward()?;
             let g2 = (composite * &probe)?.sum_all()?.backward()?;
             assert!(max_diff(g1.get(&q).unwrap(), g2.get(&q).unwrap()) < 1e-5);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn silu_mul_with_grad_matches_the_composite_with_gradients() -> candle_core::Result<()> {
+        // Gates from −22 to 22 reach the clamp-free range and both tails of the sigmoid.
+        let gate = Var::from_tensor(&ramp(&[3, 5, 70], 2.0))?;
+        let up = Var::from_tensor(&ramp(&[3, 5, 70], 0.3))?;
+        let probe = ramp(&[3, 5, 70], 0.07);
+        let fused = silu_mul_with_grad(&gate, &up)?;
+        let composite = (gate.silu()? * up.as_tensor())?;
+        let d = max_diff(&fused, &composite);
+        assert!(d < 1e-5, "forward differs by {d}");
+        let g_fused = (fused * &probe)?.sum_all()?.backward()?;
+        let g_composite = (composite * &probe)?.sum_all()?.backward()?;
+        for (name, var) in [("gate", &gate), ("up", &up)] {
+            let d = max_diff(g_fused.get(var).unwrap(), g_composite.get(var).unwrap());
+            assert!(d < 1e-5, "the {name} gradient differs by {d}");
+        }
+        Ok(())
+    }
+
+    /// The fused training attention against candle's composite graph (head transposes, RoPE,
+    /// scale, matmul, the masked softmax, matmul, head merge), output and all three gradients,
+    /// with grouped queries (3 query heads per KV head) and a sequence that fits no tile size.
+    #[test]
+    fn causal_attention_matches_the_composite_graph_with_gradients() -> candle_core::Result<()> {
+        let (batch, kv_heads, groups, seq, head_dim) = (2, 2, 3, 7, 8);
+        let heads = kv_heads * groups;
+        let q = Var::from_tensor(&ramp(&[batch, seq, heads * head_dim], 0.09))?;
+        let k = Var::from_tensor(&ramp(&[batch, seq, kv_heads * head_dim], 0.07))?;
+        let v = Var::from_tensor(&ramp(&[batch, seq, kv_heads * head_dim], 0.11))?;
+        let (cos, sin) = (
+            ramp(&[seq, head_dim / 2], 0.04),
+            ramp(&[seq, head_dim / 2], 0.03),
+        );
+        let probe = ramp(&[batch, seq, heads * head_dim], 0.05);
+        let shape = AttentionHeads {
+            heads,
+            kv_heads,
+            head_dim,
+        };
+
+        let fused = causal_attention(&q, &k, &v, &cos, &sin, shape)?.unwrap();
+        let split = |x: &Tensor, n: usize| -> candle_core::Result<Tensor> {
+            x.reshape((batch, seq, n, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q_rot = rope_composite(&split(&q, heads)?, &cos, &sin)?;
+        let k_rot = rope_composite(&split(&k, kv_heads)?, &cos, &sin)?;
+        let scores = (q_rot.reshape((batch, kv_heads, groups * seq, head_dim))?
+            * (1.0 / (head_dim as f64).sqrt()))?
+        .matmul(&k_rot.t()?)?;
+        let composite = composite(&scores, seq, 0)?
+            .matmul(&split(&v, kv_heads)?)?
+            .reshape((batch, heads, seq, head_dim))?
+            .transpose(1, 2)?
+            .reshape((batch, seq, heads * head_dim))?;
+        assert_eq!(fused.dims(), composite.dims());
+        let d = max_diff(&fused, &composite);
+        assert!(d < 1e-6, "forward differs by {d}");
+        let g_fused = (fused * &probe)?.sum_all()?.backward()?;
+        let g_composite = (composite * &probe)?.sum_all()?.backward()?;
+        for (name, var) in [("q", &q), ("k", &k), ("v", &v)] {
+            let (a, b) = (g_fused.get(var).unwrap(), g_composite.get(var).unwrap());
+            let d = max_diff(a, b);
+            let size = b.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(size > 1e-3, "the {name} gradient is too small to test");
+            assert!(d < 1e-5, "the {name} gradient differs by {d}");
         }
         Ok(())
     }
