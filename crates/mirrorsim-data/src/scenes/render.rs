@@ -372,7 +372,7 @@ impl<'a> SceneRenderer<'a> {
 
 /// Per item, its interactions before the cutoff in time order, with running rating totals, so
 /// that an option can be described as of any decision time without looking past the cutoff.
-struct ItemStats {
+pub(crate) struct ItemStats {
     /// Per item: (position in `catalog.interactions`, interactions so far, ratings so far,
     /// sum of those ratings), ascending by position.
     running: Vec<Vec<(u32, u32, u32, f64)>>,
@@ -381,14 +381,14 @@ struct ItemStats {
 
 /// An item's record before one decision.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct ItemRecord {
+pub(crate) struct ItemRecord {
     chosen: u32,
     rated: u32,
     rating_sum: f64,
 }
 
 impl ItemStats {
-    fn build(catalog: &Catalog, cutoff_position: usize) -> Self {
+    pub(crate) fn build(catalog: &Catalog, cutoff_position: usize) -> Self {
         let mut running: Vec<Vec<(u32, u32, u32, f64)>> = vec![Vec::new(); catalog.items.len()];
         for (position, interaction) in catalog.interactions[..cutoff_position].iter().enumerate() {
             let entries = &mut running[interaction.item as usize];
@@ -407,7 +407,7 @@ impl ItemStats {
 
     /// The item's interactions strictly before `timestamp` and before the cutoff: an eval
     /// scene never sees the eval period, a train scene never sees its own decision or later.
-    fn before(&self, catalog: &Catalog, item: ItemIdx, timestamp: i64) -> ItemRecord {
+    pub(crate) fn before(&self, catalog: &Catalog, item: ItemIdx, timestamp: i64) -> ItemRecord {
         let limit = catalog
             .interactions
             .partition_point(|i| i.timestamp < timestamp)
@@ -431,7 +431,7 @@ impl ItemStats {
 impl ItemRecord {
     /// Where the data has ratings (`scale` known): "1,234 ratings, average 4.1/5" or "no
     /// ratings yet"; elsewhere "chosen 12 times" or "not chosen yet".
-    fn describe(&self, scale: Option<f32>) -> String {
+    pub(crate) fn describe(&self, scale: Option<f32>) -> String {
         let Some(scale) = scale else {
             return match self.chosen {
                 0 => "not chosen yet".to_owned(),

@@ -12,8 +12,8 @@ use crate::error::DataError;
 use crate::scenes::negatives::UserIndex;
 use crate::scenes::render::{
     format_rating, item_details, labels, rating_scale, relative_time, shorten_review, Attribute,
-    ChatMessage, HistoryView, OptionView, PromptSet, SceneView, SystemView, UserPromptView,
-    UserView,
+    ChatMessage, HistoryView, ItemStats, OptionView, PromptSet, SceneView, SystemView,
+    UserPromptView, UserView,
 };
 use crate::scenes::split::history_before;
 use crate::scenes::MAX_OPTIONS;
@@ -30,6 +30,10 @@ pub struct SlateItem {
     /// "genres: Comedy; year: 1995"; may be empty.
     #[serde(default)]
     pub details: String,
+    /// Shown after the details on an option line ("2,106 ratings, average 4.1/5"): a catalog
+    /// item's rating count and mean when the catalog was set up [`SlateCatalog::with_item_stats`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<String>,
 }
 
 impl SlateItem {
@@ -38,6 +42,7 @@ impl SlateItem {
             id: NONE_OF_THESE_ID.to_owned(),
             title: NONE_OF_THESE_TITLE.to_owned(),
             details: String::new(),
+            stats: None,
         }
     }
 }
@@ -103,6 +108,8 @@ pub struct SlateCatalog {
     rating_scale: Option<f32>,
     /// Whole-number rating levels within the catalog's ratings (ceil(min) ..= floor(max)).
     rating_levels: Vec<String>,
+    /// Per item, its rating count and mean as of the cutoff ([`Self::with_item_stats`]).
+    item_stats: Option<Vec<String>>,
 }
 
 impl SlateCatalog {
@@ -140,7 +147,33 @@ impl SlateCatalog {
             item_details,
             rating_scale,
             rating_levels,
+            item_stats: None,
         })
+    }
+
+    /// Option lines show each catalog item's rating count and mean over the interactions
+    /// before `cutoff` (all of them when `None`), as the scenes of `scenes --item-stats` show
+    /// them for eval decisions: an adapter trained on such scenes then sees the prompts it was
+    /// trained on.
+    pub fn with_item_stats(mut self, cutoff: Option<i64>) -> Self {
+        let catalog = &self.catalog;
+        let cutoff_position = match cutoff {
+            Some(cutoff) => catalog
+                .interactions
+                .partition_point(|i| i.timestamp < cutoff),
+            None => catalog.interactions.len(),
+        };
+        let stats = ItemStats::build(catalog, cutoff_position);
+        self.item_stats = Some(
+            (0..catalog.items.len())
+                .map(|item| {
+                    stats
+                        .before(catalog, item as u32, i64::MAX)
+                        .describe(self.rating_scale)
+                })
+                .collect(),
+        );
+        self
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -159,6 +192,10 @@ impl SlateCatalog {
             id: item.id.clone(),
             title: item.title.clone(),
             details: self.item_details[idx as usize].clone(),
+            stats: self
+                .item_stats
+                .as_ref()
+                .map(|stats| stats[idx as usize].clone()),
         })
     }
 
@@ -202,6 +239,7 @@ impl SlateCatalog {
                             id: item.id.clone(),
                             title: item.title.clone(),
                             details: self.item_details[h.item as usize].clone(),
+                            stats: None,
                         },
                         seconds_ago: Some(now - h.timestamp),
                         rating: h.rating,
@@ -368,7 +406,7 @@ impl SlateCatalog {
                     label,
                     title: &o.title,
                     details: &o.details,
-                    stats: None,
+                    stats: o.stats.clone(),
                 })
                 .collect(),
         };
@@ -459,6 +497,35 @@ mod tests {
         assert_eq!(prompt.labels, record.labels);
         assert_eq!(prompt.item_ids, record.options);
 
+        // With the options' rating counts: the slate, counted up to a cutoff at the decision,
+        // shows what the scene shows for that decision (i1 rated once before it; i3 only at
+        // the decision itself, which is not counted).
+        let stats_config = SceneConfig {
+            item_stats: true,
+            ..config.clone()
+        };
+        let prompts = PromptSet::embedded().unwrap();
+        let stats_renderer = SceneRenderer::new(&catalog, &prompts, &stats_config).unwrap();
+        let stats_record = stats_renderer.render(&scene, &index).unwrap();
+        let stats_slates = SlateCatalog::new(catalog.clone(), PromptSet::embedded().unwrap(), 2)
+            .unwrap()
+            .with_item_stats(Some(86_600));
+        let stats_items: Vec<SlateItem> = ["i4", "i3", "i1"]
+            .iter()
+            .map(|id| stats_slates.item(id).unwrap())
+            .collect();
+        let stats_prompt = stats_slates.render(&user, &stats_items, false).unwrap();
+        assert_eq!(stats_prompt.direct_messages, stats_record.direct_messages);
+        let text = &stats_prompt.direct_messages[1].content;
+        assert!(
+            text.contains("[C] Alpha (genres: Drama) — 1 rating, average 4.0/5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("[B] Gamma (genres: Drama) — no ratings yet"),
+            "{text}"
+        );
+
         let noted = annotate_options(&record, &[None, Some("a hint".to_owned()), None]).unwrap();
         for (before, after) in [
             (&record.messages[1].content, &noted.messages[1].content),
@@ -512,6 +579,7 @@ mod tests {
                 id: format!("x{i}"),
                 title: format!("X {i}"),
                 details: String::new(),
+                stats: None,
             })
             .collect();
         assert!(slates.render(&user, &many, false).is_ok());
@@ -564,6 +632,7 @@ mod tests {
                     id: "ext-1".to_owned(),
                     title: "Some Film".to_owned(),
                     details: String::new(),
+                    stats: None,
                 },
                 seconds_ago: None,
                 rating: Some(9.0),

@@ -30,6 +30,10 @@ pub struct InlineItem {
     /// Free text shown beside the title, e.g. `genres: Action|Sci-Fi; year: 1999`.
     #[serde(default)]
     pub details: String,
+    /// Shown after the details, e.g. `2,106 ratings, average 4.1/5`: what an adapter trained
+    /// on `scenes --item-stats` scenes expects to read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<String>,
 }
 
 /// One past interaction of an inline user, oldest first in `history`.

@@ -84,7 +84,10 @@ pub fn slate_request(
 /// Characters of text given inline rather than by catalog id.
 fn inline_text_chars(request: &SimulateRequest) -> usize {
     fn item_chars(item: &InlineItem) -> usize {
-        item.id.chars().count() + item.title.chars().count() + item.details.chars().count()
+        item.id.chars().count()
+            + item.title.chars().count()
+            + item.details.chars().count()
+            + item.stats.as_ref().map_or(0, |s| s.chars().count())
     }
     let items: usize = request.items.iter().flatten().map(item_chars).sum();
     let user = request.user.as_ref().map_or(0, |user| {
@@ -242,6 +245,7 @@ fn inline_item(item: &InlineItem, field: &str) -> Result<SlateItem, ApiError> {
         id: item.id.clone(),
         title: item.title.clone(),
         details: item.details.clone(),
+        stats: item.stats.clone(),
     })
 }
 

@@ -187,7 +187,7 @@ pub fn run(args: AugmentArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let backend = sim.load_backend()?;
     timings.insert("model_load".to_owned(), started.elapsed().as_secs_f64());
-    let slates = sim.slate_catalog(catalog)?;
+    let slates = sim.slate_catalog(catalog, Some(cut.cutoff))?;
     let catalog = slates.catalog();
     let (simulator, description) =
         sim.simulator(&slates, backend, hybrid_file, Some(cut.cutoff))?;

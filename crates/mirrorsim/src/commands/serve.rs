@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// Interactions of a catalog user shown as history (the most recent).
     #[arg(long, default_value_t = 10)]
     pub history_len: usize,
+    /// Catalog items on option lines show their rating count and mean over the whole
+    /// catalog, as the scenes of `scenes --item-stats` do (for an adapter trained on them).
+    #[arg(long)]
+    pub item_stats: bool,
     /// Address to listen on; use 0.0.0.0 to accept connections from other machines.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
@@ -190,11 +194,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let prompts = PromptSet::load(args.prompts.as_deref())?;
     // The service lives until the process ends; the simulator and its prior borrow the
     // catalog for that long.
-    let slate_catalog: &'static SlateCatalog = Box::leak(Box::new(SlateCatalog::new(
-        catalog,
-        prompts,
-        args.history_len,
-    )?));
+    let slate_catalog = SlateCatalog::new(catalog, prompts, args.history_len)?;
+    let slate_catalog = if args.item_stats {
+        slate_catalog.with_item_stats(None)
+    } else {
+        slate_catalog
+    };
+    let slate_catalog: &'static SlateCatalog = Box::leak(Box::new(slate_catalog));
 
     let started = Instant::now();
     let engine = load_local(args.model.as_deref(), args.adapter.as_deref())?;

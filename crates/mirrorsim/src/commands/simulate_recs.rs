@@ -69,6 +69,10 @@ pub struct SimulatorArgs {
     /// A folder of prompt templates overriding the embedded ones.
     #[arg(long, value_name = "DIR")]
     pub prompts: Option<PathBuf>,
+    /// Option lines show each item's rating count and mean before the cut, as the eval scenes
+    /// of `scenes --item-stats` do (for an adapter trained on such scenes).
+    #[arg(long)]
+    pub item_stats: bool,
     /// Pages sent to the model at once.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
@@ -121,9 +125,19 @@ impl SimulatorArgs {
         Ok(Arc::new(engine))
     }
 
-    pub fn slate_catalog(&self, catalog: Catalog) -> anyhow::Result<SlateCatalog> {
+    /// The slate renderer; with --item-stats, items show their counts before `cutoff`.
+    pub fn slate_catalog(
+        &self,
+        catalog: Catalog,
+        cutoff: Option<i64>,
+    ) -> anyhow::Result<SlateCatalog> {
         let prompts = PromptSet::load(self.prompts.as_deref())?;
-        Ok(SlateCatalog::new(catalog, prompts, self.history_len)?)
+        let slates = SlateCatalog::new(catalog, prompts, self.history_len)?;
+        Ok(if self.item_stats {
+            slates.with_item_stats(cutoff)
+        } else {
+            slates
+        })
     }
 
     /// The hybrid's prior and its fitted weights when --prior is given; checked before the
@@ -477,8 +491,8 @@ pub fn run(args: SimulateRecsArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let backend = sim.load_backend()?;
     timings.insert("model_load".to_owned(), started.elapsed().as_secs_f64());
-    let slates = sim.slate_catalog(catalog)?;
     let cutoff = cut.as_ref().map(|c| c.cutoff);
+    let slates = sim.slate_catalog(catalog, cutoff)?;
     let (simulator, description) = sim.simulator(&slates, backend, hybrid_file, cutoff)?;
     let model_id = simulator.model_id();
     let chooser = SlateChooser {
