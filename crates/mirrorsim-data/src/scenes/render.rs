@@ -413,7 +413,18 @@ impl ItemStats {
             .partition_point(|i| i.timestamp < timestamp)
             .min(self.cutoff_position);
         let entries = &self.running[item as usize];
-        match entries[..entries.partition_point(|e| (e.0 as usize) < limit)].last() {
+        Self::record(entries[..entries.partition_point(|e| (e.0 as usize) < limit)].last())
+    }
+}
+
+impl ItemStats {
+    /// The item's interactions before the cutoff, all of them.
+    pub(crate) fn at_cutoff(&self, item: ItemIdx) -> ItemRecord {
+        Self::record(self.running[item as usize].last())
+    }
+
+    fn record(entry: Option<&(u32, u32, u32, f64)>) -> ItemRecord {
+        match entry {
             Some(&(_, chosen, rated, rating_sum)) => ItemRecord {
                 chosen,
                 rated,

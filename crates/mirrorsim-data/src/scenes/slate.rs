@@ -166,11 +166,7 @@ impl SlateCatalog {
         let stats = ItemStats::build(catalog, cutoff_position);
         self.item_stats = Some(
             (0..catalog.items.len())
-                .map(|item| {
-                    stats
-                        .before(catalog, item as u32, i64::MAX)
-                        .describe(self.rating_scale)
-                })
+                .map(|item| stats.at_cutoff(item as u32).describe(self.rating_scale))
                 .collect(),
         );
         self
@@ -487,11 +483,15 @@ mod tests {
         assert_eq!(user.history.len(), 2);
         assert_eq!(user.history[0].seconds_ago, Some(86_500));
         assert_eq!(user.earlier_items, vec!["i1", "i2"]);
-        let items: Vec<SlateItem> = ["i4", "i3", "i1"]
-            .iter()
-            .map(|id| slates.item(id).unwrap())
-            .collect();
-        let prompt = slates.render(&user, &items, false).unwrap();
+        // The slate of the scene's options, in the scene's order.
+        let slate_of = |slates: &SlateCatalog| {
+            let items: Vec<SlateItem> = ["i4", "i3", "i1"]
+                .iter()
+                .map(|id| slates.item(id).unwrap())
+                .collect();
+            slates.render(&user, &items, false).unwrap()
+        };
+        let prompt = slate_of(&slates);
         assert_eq!(prompt.messages, record.messages);
         assert_eq!(prompt.direct_messages, record.direct_messages);
         assert_eq!(prompt.labels, record.labels);
@@ -510,11 +510,7 @@ mod tests {
         let stats_slates = SlateCatalog::new(catalog.clone(), PromptSet::embedded().unwrap(), 2)
             .unwrap()
             .with_item_stats(Some(86_600));
-        let stats_items: Vec<SlateItem> = ["i4", "i3", "i1"]
-            .iter()
-            .map(|id| stats_slates.item(id).unwrap())
-            .collect();
-        let stats_prompt = stats_slates.render(&user, &stats_items, false).unwrap();
+        let stats_prompt = slate_of(&stats_slates);
         assert_eq!(stats_prompt.direct_messages, stats_record.direct_messages);
         let text = &stats_prompt.direct_messages[1].content;
         assert!(

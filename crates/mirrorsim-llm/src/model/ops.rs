@@ -250,20 +250,13 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
     if !cpu_f32(gate) || !cpu_f32(up) || gate.dims() != up.dims() {
         return gate.silu()? * up;
     }
-    const CHUNK: usize = 4096;
-    let out = with_two_cpu_f32(gate, up, "silu_mul", |gates, ups| {
-        let mut out = vec![0f32; gates.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(gates.par_chunks(CHUNK).zip(ups.par_chunks(CHUNK)))
-            .for_each(|(out, (gates, ups))| silu_mul_chunk(out, gates, ups));
-        out
-    })?;
-    Tensor::from_vec(out, gate.shape(), &Device::Cpu)
+    gate.contiguous()?
+        .apply_op2_no_bwd(&up.contiguous()?, &SiluMul)
 }
 
 /// `silu(gate) · up` with gradients for both, for training: one node where the composite
-/// (`silu`, then a product) has two activation-sized ones, and the exponential of
-/// [`silu_mul`]. Backward: `∂up = dy · silu(g)`, `∂gate = dy · u · σ(g)(1 + g(1 − σ(g)))`.
+/// (`silu`, then a product) has two activation-sized ones, and the forward of [`silu_mul`].
+/// Backward: `∂up = dy · silu(g)`, `∂gate = dy · u · σ(g)(1 + g(1 − σ(g)))`.
 /// Off the CPU, or for shapes that differ, the composite ops are used.
 pub fn silu_mul_with_grad(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
     if !cpu_f32(gate) || !cpu_f32(up) || gate.dims() != up.dims() {
