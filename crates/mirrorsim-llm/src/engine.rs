@@ -547,23 +547,37 @@ impl LocalEngine {
             .collect()
     }
 
-    /// The id of each label as the token that follows `[` (e.g. `[A` → `[`, `A`).
-    pub fn label_token_ids(&self, labels: &[String]) -> Result<Vec<u32>, LlmError> {
-        let bracket = self.tokenizer.encode("[", false)?;
+    /// The id of each label as the single token that follows `context` (e.g. `Behavior: [`
+    /// then `A`). Tokenizers differ at this boundary: SmolLM2 reads `[A` as `[`, `A`, Qwen2
+    /// as one token `[A`, yet both read ` [A` as ` [`, `A`, so the context matters.
+    pub fn label_token_ids(&self, context: &str, labels: &[String]) -> Result<Vec<u32>, LlmError> {
+        let context_ids = self.tokenizer.encode(context, false)?;
         labels
             .iter()
             .map(|label| {
-                let ids = self.tokenizer.encode(&format!("[{label}"), false)?;
-                if ids.len() == bracket.len() + 1 && ids[..bracket.len()] == bracket[..] {
-                    Ok(ids[bracket.len()])
+                let ids = self.tokenizer.encode(&format!("{context}{label}"), false)?;
+                if ids.len() == context_ids.len() + 1 && ids.starts_with(&context_ids) {
+                    Ok(ids[context_ids.len()])
                 } else {
                     Err(LlmError::BadRequest(format!(
-                        "label {label:?} is not a single token after \"[\" for this tokenizer \
-                         (\"[{label}\" tokenizes to {ids:?})"
+                        "label {label:?} is not one token after the prompt's end {:?} for this \
+                         tokenizer (with the label it ends in tokens {:?}); end the prompt so \
+                         that each label starts a new token, e.g. with \" [\"",
+                        Self::tail_of(context),
+                        &ids[ids.len().saturating_sub(4)..]
                     )))
                 }
             })
             .collect()
+    }
+
+    /// The last word of `text`: from its last whitespace before the final non-blank
+    /// character on (` [` in `…Behavior: [`). Pre-tokenizers split there, so the label's
+    /// token after the text is normally the one after this tail.
+    fn tail_of(text: &str) -> &str {
+        let last_word = text.trim_end().len();
+        let start = text[..last_word].rfind(char::is_whitespace).unwrap_or(0);
+        &text[start..]
     }
 
     /// The full text the model reads for each continuation.
@@ -607,14 +621,33 @@ impl LocalEngine {
         if request.labels.is_empty() {
             return Err(LlmError::BadRequest("no labels to score".to_string()));
         }
-        let label_ids = self.label_token_ids(&request.labels)?;
         let add_bos =
             matches!(request.prompt, Prompt::Text { .. }) && self.tokenizer.add_bos_token();
-        let full: Vec<Vec<u32>> = self
-            .choice_texts(request)?
+        let texts = self.choice_texts(request)?;
+        let full: Vec<Vec<u32>> = texts
             .iter()
             .map(|t| self.tokenizer.encode(t, add_bos))
             .collect::<Result<_, _>>()?;
+        // Continuations normally end alike ("…Behavior: ["), so label ids are resolved once
+        // per distinct tail; where a text's tokens do not end with its tail's (the context
+        // changed the split), the whole text is the context.
+        let mut ids_after_tail: HashMap<&str, Vec<u32>> = HashMap::new();
+        let mut label_ids: Vec<Vec<u32>> = Vec::with_capacity(texts.len());
+        for (text, tokens) in texts.iter().zip(&full) {
+            let tail = Self::tail_of(text);
+            if let Some(ids) = ids_after_tail.get(tail) {
+                label_ids.push(ids.clone());
+                continue;
+            }
+            let tail_ids = self.tokenizer.encode(tail, false)?;
+            if !tail_ids.is_empty() && tokens.ends_with(&tail_ids) {
+                let ids = self.label_token_ids(tail, &request.labels)?;
+                ids_after_tail.insert(tail, ids.clone());
+                label_ids.push(ids);
+            } else {
+                label_ids.push(self.label_token_ids(text, &request.labels)?);
+            }
+        }
         if full.iter().any(Vec::is_empty) {
             return Err(LlmError::BadRequest(
                 "a prompt with its continuation has no tokens".to_string(),
@@ -655,7 +688,8 @@ impl LocalEngine {
                     .map(|&i| full[i][shared_len..].to_vec())
                     .collect();
                 prompt_tokens += suffixes.iter().map(Vec::len).sum::<usize>();
-                let logits = self.last_label_logits(&suffixes, Some(&prefix_cache), &label_ids)?;
+                let ids: Vec<&[u32]> = chunk.iter().map(|&i| label_ids[i].as_slice()).collect();
+                let logits = self.last_label_logits(&suffixes, Some(&prefix_cache), &ids)?;
                 for (&i, l) in chunk.iter().zip(logits) {
                     label_logits[i] = l;
                 }
@@ -664,13 +698,14 @@ impl LocalEngine {
             for chunk in order.chunks(batch) {
                 let sequences: Vec<Vec<u32>> = chunk.iter().map(|&i| full[i].clone()).collect();
                 prompt_tokens += sequences.iter().map(Vec::len).sum::<usize>();
-                let logits = self.last_label_logits(&sequences, None, &label_ids)?;
+                let ids: Vec<&[u32]> = chunk.iter().map(|&i| label_ids[i].as_slice()).collect();
+                let logits = self.last_label_logits(&sequences, None, &ids)?;
                 for (&i, l) in chunk.iter().zip(logits) {
                     label_logits[i] = l;
                 }
             }
         }
-        let all_labels: Vec<usize> = (0..label_ids.len()).collect();
+        let all_labels: Vec<usize> = (0..request.labels.len()).collect();
         Ok(ChoiceScores {
             distributions: label_logits
                 .iter()
@@ -682,12 +717,12 @@ impl LocalEngine {
     }
 
     /// Runs `sequences` (right-padded into one batch) after `prefix` (if any) and returns, per
-    /// sequence, the logits of `label_ids` after its last token.
+    /// sequence, the logits of its `label_ids` after its last token.
     fn last_label_logits(
         &self,
         sequences: &[Vec<u32>],
         prefix: Option<&KvCache>,
-        label_ids: &[u32],
+        label_ids: &[&[u32]],
     ) -> Result<Vec<Vec<f32>>, LlmError> {
         let device = self.model.device();
         let batch = sequences.len();
@@ -722,9 +757,29 @@ impl LocalEngine {
                 .map(|(row, s)| hidden.get(row)?.narrow(0, s.len() - 1, 1))
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let lasts = Tensor::cat(&lasts, 0)?;
-            self.model
-                .logits_for_tokens(&lasts, label_ids)?
-                .to_vec2::<f32>()
+            let mut union: Vec<u32> = label_ids
+                .iter()
+                .flat_map(|ids| ids.iter().copied())
+                .collect();
+            union.sort_unstable();
+            union.dedup();
+            let logits = self
+                .model
+                .logits_for_tokens(&lasts, &union)?
+                .to_vec2::<f32>()?;
+            Ok(logits
+                .iter()
+                .zip(label_ids)
+                .map(|(row, ids)| {
+                    ids.iter()
+                        .map(|id| {
+                            union
+                                .binary_search(id)
+                                .map_or(f32::NEG_INFINITY, |k| row[k])
+                        })
+                        .collect()
+                })
+                .collect())
         };
         run().map_err(compute)
     }

@@ -66,7 +66,7 @@ fn model_id_is_file_name_and_hash_prefix() {
 #[test]
 fn labels_a_to_l_are_single_distinct_tokens() {
     let labels: Vec<String> = ('A'..='L').map(|c| c.to_string()).collect();
-    let ids = engine().label_token_ids(&labels).unwrap();
+    let ids = engine().label_token_ids("Behavior: [", &labels).unwrap();
     assert_eq!(ids.len(), 12);
     for (label, id) in labels.iter().zip(&ids) {
         assert_eq!(&engine().tokenizer().token_text(*id), label);
@@ -157,7 +157,11 @@ fn scoring_a_text_prompt_matches_full_logits() {
     let scores = engine
         .score_choices(std::slice::from_ref(&request))
         .unwrap();
-    let label_ids = engine.label_token_ids(&request.labels).unwrap();
+    let label_ids: Vec<u32> = request
+        .labels
+        .iter()
+        .map(|label| engine.tokenizer().token_id(label).unwrap())
+        .collect();
     let Prompt::Text { text } = &request.prompt else {
         unreachable!()
     };
