@@ -16,7 +16,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use mirrorsim_llm::model::{DropoutStream, Llama, LoraConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -203,11 +203,8 @@ pub fn reply_logprobs(
     let selected = hidden
         .reshape((batch.len() * width, hidden_size))?
         .index_select(&picked_rows, 0)?;
-    let logits = model.logits(&selected)?;
-    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let target_count = targets.len();
-    let targets = Tensor::from_vec(targets, (target_count, 1), &device)?;
-    let picked = log_probs.gather(&targets, 1)?;
+    let picked = model.target_log_probs(&selected, &targets)?.unsqueeze(1)?;
     let mut segments = vec![0f32; batch.len() * target_count];
     for (i, &owner) in owners.iter().enumerate() {
         segments[owner * target_count + i] = 1.0;

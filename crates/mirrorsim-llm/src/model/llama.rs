@@ -1271,6 +1271,28 @@ impl Llama {
         logits.reshape(out_dims)
     }
 
+    /// The log-probability of each row's target token, `(rows,)`, for hidden states
+    /// `(rows, hidden)`: one op on the CPU in f32 ([`super::head::target_log_probs`]), else
+    /// logits, log-softmax and gather.
+    pub fn target_log_probs(
+        &self,
+        hidden: &Tensor,
+        targets: &[u32],
+    ) -> candle_core::Result<Tensor> {
+        let packed = match (&self.lm_head_bf16, &self.lm_head_bf16_backward) {
+            (Some(forward), Some(backward)) => Some(FrozenBf16 { forward, backward }),
+            _ => None,
+        };
+        if let Some(log_probs) =
+            super::head::target_log_probs(hidden, &self.lm_head, packed, targets)?
+        {
+            return Ok(log_probs);
+        }
+        let log_probs = candle_nn::ops::log_softmax(&self.logits(hidden)?, D::Minus1)?;
+        let ids = Tensor::from_vec(targets.to_vec(), (targets.len(), 1), &self.device)?;
+        log_probs.gather(&ids, 1)?.squeeze(1)
+    }
+
     /// [`Llama::logits`] without gradient tracking (faster for a few rows on the CPU; bf16 on
     /// AMX when packed).
     pub fn logits_inference(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {

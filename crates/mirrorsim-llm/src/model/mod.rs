@@ -4,6 +4,7 @@
 
 pub mod amx;
 pub mod config;
+pub mod head;
 pub mod llama;
 pub mod lora;
 pub mod ops;

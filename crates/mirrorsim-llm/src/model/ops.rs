@@ -493,6 +493,32 @@ unsafe fn softmax_row_avx512(scores: &[f32], out: &mut [f32]) {
     softmax_row_portable(scores, out);
 }
 
+/// `values[i] = e^(values[i] − max)` in place, in f32 precision ([`exp_polynomial`]); returns
+/// `(max, Σ e^(values[i] − max))`, the parts of a log-sum-exp. AVX-512 where the CPU has it.
+pub(crate) fn exp_polynomial_sum_in_place(values: &mut [f32]) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F, checked just above.
+        return unsafe { exp_polynomial_sum_in_place_avx512(values) };
+    }
+    exp_polynomial_sum_in_place_portable(values)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_polynomial_sum_in_place_avx512(values: &mut [f32]) -> (f32, f32) {
+    exp_polynomial_sum_in_place_portable(values)
+}
+
+#[inline(always)]
+fn exp_polynomial_sum_in_place_portable(values: &mut [f32]) -> (f32, f32) {
+    let max = max_lanes(values);
+    for value in values.iter_mut() {
+        *value = exp_polynomial(*value - max);
+    }
+    (max, sum_lanes(values))
+}
+
 /// `values[i] = e^(values[i] − max)` in place, to bf16 precision (`exp_bf16_precision`: the
 /// bf16 attention rounds these to 8 bits next); returns their sum (the softmax's denominator).
 /// AVX-512 with FMA; callers hold an [`super::amx::Amx`], whose CPUs have both.
