@@ -71,6 +71,26 @@ pub struct PredictionLine {
     pub prediction: ScenePrediction,
 }
 
+/// The `scenes.summary.json` that `mirrorsim scenes` wrote beside `scenes_path`, if any.
+pub fn summary_beside(scenes_path: &Path) -> Result<Option<(SceneSummary, PathBuf)>, EvalError> {
+    let summary_path = scenes_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("scenes.summary.json");
+    if !summary_path.is_file() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(&summary_path).map_err(|e| EvalError::io(&summary_path, e))?;
+    let summary: SceneSummary = serde_json::from_str(&text).map_err(|e| EvalError::Malformed {
+        path: summary_path.clone(),
+        line: e.line() as u64,
+        field: "(the whole file)".to_owned(),
+        message: format!("not a scenes summary: {e}"),
+    })?;
+    Ok(Some((summary, summary_path)))
+}
+
 /// The cutoff the baselines must respect: `explicit` if given; else `cutoff_timestamp` of
 /// `scenes.summary.json` beside the scenes file; else the earliest eval decision (which is at
 /// or after the real cutoff, so baselines may then see a few post-cutoff interactions; noted).
@@ -82,21 +102,8 @@ pub fn resolve_cutoff(
     if let Some(cutoff) = explicit {
         return Ok((Some(cutoff), "given on the command line".to_owned()));
     }
-    let summary_path = scenes_path
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("scenes.summary.json");
-    if summary_path.is_file() {
-        let text =
-            std::fs::read_to_string(&summary_path).map_err(|e| EvalError::io(&summary_path, e))?;
-        let summary: SceneSummary =
-            serde_json::from_str(&text).map_err(|e| EvalError::Malformed {
-                path: summary_path.clone(),
-                line: e.line() as u64,
-                field: "cutoff_timestamp".to_owned(),
-                message: format!("not a scenes summary: {e}"),
-            })?;
-        return Ok((summary.cutoff_timestamp, summary_path.display().to_string()));
+    if let Some((summary, path)) = summary_beside(scenes_path)? {
+        return Ok((summary.cutoff_timestamp, path.display().to_string()));
     }
     let earliest = scenes.iter().map(|s| s.timestamp).min();
     Ok((

@@ -4,7 +4,7 @@
 //! pre-cutoff ratings; MAE and RMSE against the real rating.
 
 use mirrorsim_data::scenes::slate::SlateCatalog;
-use mirrorsim_data::scenes::SceneRecord;
+use mirrorsim_data::scenes::{PromptSet, SceneRecord};
 use mirrorsim_data::Catalog;
 use mirrorsim_llm::{ChoiceRequest, Prompt};
 use serde::{Deserialize, Serialize};
@@ -206,6 +206,23 @@ impl<'c> RatingBaselines<'c> {
     }
 }
 
+/// The slates rating prompts are rendered from: `history_len` past choices per user and, with
+/// `item_stats` (scenes built with `--item-stats`), each item's rating count and mean as of the
+/// `cutoff`, which is what every eval scene showed of its options.
+pub fn rating_slates(
+    catalog: Catalog,
+    history_len: usize,
+    item_stats: bool,
+    cutoff: Option<i64>,
+) -> Result<SlateCatalog, EvalError> {
+    let slates = SlateCatalog::new(catalog, PromptSet::embedded()?, history_len.max(1))?;
+    Ok(if item_stats {
+        slates.with_item_stats(cutoff)
+    } else {
+        slates
+    })
+}
+
 /// The simulator's rating request of each case: the user as of the decision, the chosen item,
 /// an assistant turn continued after `Rating: [`, the levels as labels.
 pub fn rating_requests(
@@ -295,6 +312,33 @@ mod tests {
             });
         }
         b.finish()
+    }
+
+    /// With the scenes' `item_stats`, the rated item's line carries its counts as of the
+    /// cutoff (u1's 3 at t=2, not u2's own 2 at t=10); without, it carries none.
+    #[test]
+    fn rating_prompts_show_the_item_stats_when_the_scenes_did() {
+        let case = RatingCase {
+            scene_id: "s".to_owned(),
+            user_id: "u2".to_owned(),
+            item_id: "b".to_owned(),
+            timestamp: 10,
+            rating: 2.0,
+        };
+        let user_text = |item_stats: bool| {
+            let slates = rating_slates(catalog(), 3, item_stats, Some(10)).unwrap();
+            let request = rating_requests(&slates, std::slice::from_ref(&case))
+                .unwrap()
+                .remove(0);
+            let Prompt::Chat { messages, .. } = request.prompt else {
+                panic!("a rating request is a chat");
+            };
+            messages[1].content.clone()
+        };
+        let with = user_text(true);
+        assert!(with.contains("1 rating, average 3.0/5"), "{with}");
+        let without = user_text(false);
+        assert!(!without.contains("average"), "{without}");
     }
 
     #[test]

@@ -7,14 +7,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use mirrorsim_data::scenes::slate::SlateCatalog;
-use mirrorsim_data::scenes::{read_jsonl, PromptSet};
+use mirrorsim_data::scenes::read_jsonl;
 use mirrorsim_data::{read_source, ReadOptions, SourceSpec};
 use mirrorsim_distill::{Journal, JournaledBackend};
 use mirrorsim_eval::agent4rec::select_cases;
 use mirrorsim_eval::evaluate::{
     coverage_notes, resolve_cutoff, sampled_prediction, score_baselines,
-    simulator_predictor_metrics, write_outputs, PredictorKind, PredictorMetrics,
+    simulator_predictor_metrics, summary_beside, write_outputs, PredictorKind, PredictorMetrics,
 };
 use mirrorsim_eval::hybrid::{
     fit_hybrid, hinted_scenes, hybrid_predictions, read_hybrid_file, validation_cases,
@@ -22,7 +21,7 @@ use mirrorsim_eval::hybrid::{
 };
 use mirrorsim_eval::metrics::choice_metrics;
 use mirrorsim_eval::rating::{
-    expected_rating, rating_cases, rating_metrics, rating_requests, RatingBaselines,
+    expected_rating, rating_cases, rating_metrics, rating_requests, rating_slates, RatingBaselines,
 };
 use mirrorsim_eval::report::{read_loss_curves, render_report, LossCurve, ReportRun};
 
@@ -559,8 +558,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         }
         if let Some((engine, journal)) = &loaded {
             let history_len = scenes.iter().map(|s| s.history.len()).max().unwrap_or(0);
-            let slates =
-                SlateCatalog::new(catalog.clone(), PromptSet::embedded()?, history_len.max(1))?;
+            let item_stats =
+                summary_beside(&args.scenes)?.is_some_and(|(summary, _)| summary.config.item_stats);
+            let slates = rating_slates(catalog.clone(), history_len, item_stats, cutoff)?;
             let requests = rating_requests(&slates, &cases)?;
             let backend = JournaledBackend::new(engine.as_ref(), journal);
             let mut predicted = Vec::with_capacity(cases.len());
