@@ -314,17 +314,22 @@ mod tests {
         b.finish()
     }
 
-    /// With the scenes' `item_stats`, the rated item's line carries its counts as of the
-    /// cutoff (u1's 3 at t=2, not u2's own 2 at t=10); without, it carries none.
-    #[test]
-    fn rating_prompts_show_the_item_stats_when_the_scenes_did() {
-        let case = RatingCase {
+    /// u2's rating of b at t=10, the cutoff.
+    fn u2_rates_b_after_the_cutoff() -> RatingCase {
+        RatingCase {
             scene_id: "s".to_owned(),
             user_id: "u2".to_owned(),
             item_id: "b".to_owned(),
             timestamp: 10,
             rating: 2.0,
-        };
+        }
+    }
+
+    /// With the scenes' `item_stats`, the rated item's line carries its counts as of the
+    /// cutoff (u1's 3 at t=2, not u2's own 2 at t=10); without, it carries none.
+    #[test]
+    fn rating_prompts_show_the_item_stats_when_the_scenes_did() {
+        let case = u2_rates_b_after_the_cutoff();
         let user_text = |item_stats: bool| {
             let slates = rating_slates(catalog(), 3, item_stats, Some(10)).unwrap();
             let request = rating_requests(&slates, std::slice::from_ref(&case))
@@ -345,13 +350,7 @@ mod tests {
     fn baselines_by_hand() {
         let catalog = catalog();
         let fitted = RatingBaselines::fit(&catalog, Some(10)).unwrap();
-        let case = RatingCase {
-            scene_id: "s".to_owned(),
-            user_id: "u2".to_owned(),
-            item_id: "b".to_owned(),
-            timestamp: 10,
-            rating: 2.0,
-        };
+        let case = u2_rates_b_after_the_cutoff();
         let predictions = fitted.predict(std::slice::from_ref(&case));
         let get = |name: &str| predictions.iter().find(|p| p.0 == name).unwrap().1[0];
         // μ = 4; u2's mean 4; b's mean 3.
