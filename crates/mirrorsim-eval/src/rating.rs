@@ -4,7 +4,7 @@
 //! pre-cutoff ratings; MAE and RMSE against the real rating.
 
 use mirrorsim_data::scenes::slate::SlateCatalog;
-use mirrorsim_data::scenes::{PromptSet, SceneRecord};
+use mirrorsim_data::scenes::{PromptSet, SceneConfig, SceneRecord};
 use mirrorsim_data::Catalog;
 use mirrorsim_llm::{ChoiceRequest, Prompt};
 use serde::{Deserialize, Serialize};
@@ -206,17 +206,19 @@ impl<'c> RatingBaselines<'c> {
     }
 }
 
-/// The slates rating prompts are rendered from: `history_len` past choices per user and, with
-/// `item_stats` (scenes built with `--item-stats`), each item's rating count and mean as of the
-/// `cutoff`, which is what every eval scene showed of its options.
+/// The slates rating prompts are rendered from, as the scenes were (`scenes`: the config in
+/// their summary, when there is one): `history_len` past choices per user, the scenes' prompts
+/// folder if they had one, and, where they showed the options' popularity (`item_stats`), each
+/// item's rating count and mean as of the `cutoff`, which is what every eval scene showed.
 pub fn rating_slates(
     catalog: Catalog,
     history_len: usize,
-    item_stats: bool,
+    scenes: Option<&SceneConfig>,
     cutoff: Option<i64>,
 ) -> Result<SlateCatalog, EvalError> {
-    let slates = SlateCatalog::new(catalog, PromptSet::embedded()?, history_len.max(1))?;
-    Ok(if item_stats {
+    let prompts = PromptSet::load(scenes.and_then(|c| c.prompts_dir.as_deref()))?;
+    let slates = SlateCatalog::new(catalog, prompts, history_len.max(1))?;
+    Ok(if scenes.is_some_and(|c| c.item_stats) {
         slates.with_item_stats(cutoff)
     } else {
         slates
@@ -325,25 +327,64 @@ mod tests {
         }
     }
 
+    /// The user message of `u2_rates_b_after_the_cutoff`'s rating request under `scenes`.
+    fn rating_user_text(scenes: Option<&SceneConfig>) -> String {
+        let slates = rating_slates(catalog(), 3, scenes, Some(10)).unwrap();
+        let request = rating_requests(&slates, &[u2_rates_b_after_the_cutoff()])
+            .unwrap()
+            .remove(0);
+        let Prompt::Chat { messages, .. } = request.prompt else {
+            panic!("a rating request is a chat");
+        };
+        messages[1].content.clone()
+    }
+
     /// With the scenes' `item_stats`, the rated item's line carries its counts as of the
     /// cutoff (u1's 3 at t=2, not u2's own 2 at t=10); without, it carries none.
     #[test]
     fn rating_prompts_show_the_item_stats_when_the_scenes_did() {
-        let case = u2_rates_b_after_the_cutoff();
-        let user_text = |item_stats: bool| {
-            let slates = rating_slates(catalog(), 3, item_stats, Some(10)).unwrap();
-            let request = rating_requests(&slates, std::slice::from_ref(&case))
-                .unwrap()
-                .remove(0);
-            let Prompt::Chat { messages, .. } = request.prompt else {
-                panic!("a rating request is a chat");
-            };
-            messages[1].content.clone()
+        let with_stats = SceneConfig {
+            item_stats: true,
+            ..SceneConfig::default()
         };
-        let with = user_text(true);
+        let with = rating_user_text(Some(&with_stats));
         assert!(with.contains("1 rating, average 3.0/5"), "{with}");
-        let without = user_text(false);
-        assert!(!without.contains("average"), "{without}");
+        for without in [
+            rating_user_text(Some(&SceneConfig::default())),
+            rating_user_text(None),
+        ] {
+            assert!(!without.contains("average"), "{without}");
+        }
+    }
+
+    /// The scenes' prompts folder replaces the rating templates too; a folder that is gone is
+    /// an error naming it, not a silent fall-back to the embedded templates.
+    #[test]
+    fn rating_prompts_use_the_scenes_prompts_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("rating_user.j2"),
+            "Rate it, {{ levels | join(\"/\") }}.",
+        )
+        .unwrap();
+        let custom = SceneConfig {
+            prompts_dir: Some(dir.path().to_owned()),
+            ..SceneConfig::default()
+        };
+        // The catalog's levels are the ratings it holds: 2 to 5.
+        assert_eq!(rating_user_text(Some(&custom)), "Rate it, 2/3/4/5.");
+        let gone = SceneConfig {
+            prompts_dir: Some(dir.path().join("gone")),
+            ..SceneConfig::default()
+        };
+        let Err(error) = rating_slates(catalog(), 3, Some(&gone), Some(10)) else {
+            panic!("a missing prompts folder is refused");
+        };
+        let message = error.to_string();
+        assert!(
+            message.contains("gone") && message.contains("prompts folder"),
+            "{message}"
+        );
     }
 
     #[test]

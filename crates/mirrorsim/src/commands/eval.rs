@@ -558,9 +558,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         }
         if let Some((engine, journal)) = &loaded {
             let history_len = scenes.iter().map(|s| s.history.len()).max().unwrap_or(0);
-            let item_stats =
-                summary_beside(&args.scenes)?.is_some_and(|(summary, _)| summary.config.item_stats);
-            let slates = rating_slates(catalog.clone(), history_len, item_stats, cutoff)?;
+            let summary = summary_beside(&args.scenes)?;
+            let scenes_config = summary.as_ref().map(|(summary, _)| &summary.config);
+            let slates = rating_slates(catalog.clone(), history_len, scenes_config, cutoff)?;
             let requests = rating_requests(&slates, &cases)?;
             let backend = JournaledBackend::new(engine.as_ref(), journal);
             let mut predicted = Vec::with_capacity(cases.len());
