@@ -12,7 +12,11 @@
 #                                    at all: fit them elsewhere with `eval --model none`),
 #                                    BIN (a prebuilt mirrorsim), ITEM_STATS=1 (options show
 #                                    their rating count and mean: `scenes --item-stats`),
-#                                    MAX_LEN (512: longest training sequence)
+#                                    MAX_LEN (512: longest training sequence), MODE (direct:
+#                                    the reply is `Behavior: [X]` and the evaluations score the
+#                                    letters; title: the reply is `Behavior: ` and the option's
+#                                    text as listed, and the evaluations score each option's text
+#                                    by its likelihood, `eval --mode title`)
 #
 # MIRRORSIM_CUDA=0 with a `--features cuda` binary runs every model stage on the GPU. The
 # baselines are fitted once, in the base model's evaluation; the fine-tuned models' evaluations
@@ -37,6 +41,8 @@ fi
 eval_every="${EVAL_EVERY:-4}"
 save_every="${SAVE_EVERY:-4}"
 micro_batch="${MICRO_BATCH:-1}"
+mode="${MODE:-direct}"
+case "$mode" in direct|title) ;; *) echo "MODE must be direct or title, not $mode" >&2; exit 2 ;; esac
 grad_accum=$((8 / micro_batch))
 dpo_micro_batch=$((micro_batch < 4 ? micro_batch : 4))
 data="${DATA:-$repo_root/../shared/data/ml-1m}"
@@ -56,22 +62,36 @@ stamp "scenes (popularity negatives)"
     --max-train 0 --max-eval "$eval_scenes" --eval-options 5 --history "$history" \
     --negatives popularity=1 "${item_stats[@]}" > /dev/null
 
-python3 - "$out/scenes-random/scenes.train.jsonl" "$out" "$dpo_pairs" <<'PY'
+python3 - "$out/scenes-random/scenes.train.jsonl" "$out" "$dpo_pairs" "$mode" <<'PY'
 import json, random, sys
-scenes_path, out, pairs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+scenes_path, out, pairs, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 rng = random.Random(0)
+
+def replies(s):
+    """Per option, the reply that names it: its letter, or (title mode) its text as listed,
+    which is what `eval --mode title` scores."""
+    if mode == "direct":
+        return [f"Behavior: [{label}]" for label in s["labels"]]
+    user = [m for m in s["direct_messages"] if m["role"] == "user"][-1]["content"].split("\n")
+    texts = []
+    for label in s["labels"]:
+        line = next(l for l in user if l.startswith(f"[{label}] "))
+        texts.append("Behavior: " + line[len(label) + 3:])
+    return texts
+
 with open(f"{out}/sft.jsonl", "w") as sft, open(f"{out}/dpo.jsonl", "w") as dpo:
     for i, line in enumerate(open(scenes_path)):
         s = json.loads(line)
-        labels, answer = s["labels"], s["answer"]
-        chosen = f"Behavior: [{labels[answer]}]"
-        wrong = rng.choice([l for j, l in enumerate(labels) if j != answer])
+        answer = s["answer"]
+        options = replies(s)
+        chosen = options[answer]
+        wrong = rng.choice([o for j, o in enumerate(options) if j != answer])
         prompt = s["direct_messages"]
         sft.write(json.dumps({"messages": prompt + [{"role": "assistant", "content": chosen}]}) + "\n")
         if i < pairs:
             dpo.write(json.dumps({"prompt": prompt,
                                   "chosen": [{"role": "assistant", "content": chosen}],
-                                  "rejected": [{"role": "assistant", "content": f"Behavior: [{wrong}]"}]}) + "\n")
+                                  "rejected": [{"role": "assistant", "content": wrong}]}) + "\n")
 PY
 
 evaluate() {  # name scenes-dir [adapter]
@@ -82,7 +102,7 @@ evaluate() {  # name scenes-dir [adapter]
         baselines=(--baselines none)
     fi
     "$bin" --log warn eval --scenes "$out/$scenes/scenes.eval.jsonl" --model default \
-        ${adapter:+--adapter "$adapter"} --mode direct --repeats 5 --no-rotations --no-agent4rec \
+        ${adapter:+--adapter "$adapter"} --mode "$mode" --repeats 5 --no-rotations --no-agent4rec \
         "${baselines[@]}" --out "$out/eval-$name" > /dev/null
 }
 

@@ -17,7 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use mirrorsim_llm::{Backend, ChoiceRequest, ChoiceScores, Completion, GenerateRequest, LlmError};
+use mirrorsim_llm::{
+    Backend, ChoiceRequest, ChoiceScores, Completion, ContinuationRequest, ContinuationScores,
+    GenerateRequest, LlmError,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -46,6 +49,7 @@ CREATE TABLE IF NOT EXISTS requests (
 pub enum RequestKind {
     Generate,
     Choice,
+    Continuation,
 }
 
 impl RequestKind {
@@ -53,6 +57,7 @@ impl RequestKind {
         match self {
             RequestKind::Generate => "generate",
             RequestKind::Choice => "choice",
+            RequestKind::Continuation => "continuation",
         }
     }
 }
@@ -421,6 +426,19 @@ impl Backend for JournaledBackend<'_> {
             requests,
             |missing| self.inner.score_choices(missing),
             |scores: &ChoiceScores| (scores.prompt_tokens as u64, 0),
+        )
+        .map_err(to_llm)
+    }
+
+    fn score_continuations(
+        &self,
+        requests: &[ContinuationRequest],
+    ) -> Result<Vec<ContinuationScores>, LlmError> {
+        self.run(
+            RequestKind::Continuation,
+            requests,
+            |missing| self.inner.score_continuations(missing),
+            |scores: &ContinuationScores| (scores.prompt_tokens as u64, 0),
         )
         .map_err(to_llm)
     }

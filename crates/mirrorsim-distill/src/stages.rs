@@ -13,8 +13,8 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use mirrorsim_data::scenes::ChatMessage as SceneMessage;
 use mirrorsim_llm::{
-    Backend, ChatMessage, ChoiceRequest, ChoiceScores, Completion, GenerateRequest, LlmError,
-    Prompt, SamplingParams,
+    Backend, ChatMessage, ChoiceRequest, ChoiceScores, Completion, ContinuationRequest,
+    ContinuationScores, GenerateRequest, LlmError, Prompt, SamplingParams,
 };
 use serde::{Deserialize, Serialize};
 
@@ -100,6 +100,32 @@ impl<'a> MeteredBackend<'a> {
         }
     }
 
+    /// Times one scoring call and records it: `choice_requests` letter-choice requests and
+    /// `continuations` continuations.
+    fn metered_scoring<A>(
+        &self,
+        choice_requests: u64,
+        continuations: u64,
+        call: impl FnOnce() -> Result<Vec<A>, LlmError>,
+        prompt_tokens_of: impl Fn(&A) -> usize,
+    ) -> Result<Vec<A>, LlmError> {
+        let started = Instant::now();
+        let answers = call();
+        let busy_s = started.elapsed().as_secs_f64();
+        let prompt_tokens: u64 = answers
+            .as_ref()
+            .map(|scores| scores.iter().map(|s| prompt_tokens_of(s) as u64).sum())
+            .unwrap_or(0);
+        self.record(|meter| {
+            meter.calls += 1;
+            meter.choice_requests += choice_requests;
+            meter.continuations += continuations;
+            meter.prompt_tokens += prompt_tokens;
+            meter.busy_s += busy_s;
+        });
+        answers
+    }
+
     fn record(&self, update: impl FnOnce(&mut BackendMeter)) {
         let mut meter = match self.meter.lock() {
             Ok(meter) => meter,
@@ -139,24 +165,26 @@ impl Backend for MeteredBackend<'_> {
     }
 
     fn score_choices(&self, requests: &[ChoiceRequest]) -> Result<Vec<ChoiceScores>, LlmError> {
-        let started = Instant::now();
-        let answers = self.inner.score_choices(requests);
-        let busy_s = started.elapsed().as_secs_f64();
-        let prompt_tokens: u64 = answers
-            .as_ref()
-            .map(|scores| scores.iter().map(|s| s.prompt_tokens as u64).sum())
-            .unwrap_or(0);
-        self.record(|meter| {
-            meter.calls += 1;
-            meter.choice_requests += requests.len() as u64;
-            meter.continuations += requests
-                .iter()
-                .map(|r| r.continuations.len() as u64)
-                .sum::<u64>();
-            meter.prompt_tokens += prompt_tokens;
-            meter.busy_s += busy_s;
-        });
-        answers
+        let continuations = requests.iter().map(|r| r.continuations.len() as u64).sum();
+        self.metered_scoring(
+            requests.len() as u64,
+            continuations,
+            || self.inner.score_choices(requests),
+            |s| s.prompt_tokens,
+        )
+    }
+
+    fn score_continuations(
+        &self,
+        requests: &[ContinuationRequest],
+    ) -> Result<Vec<ContinuationScores>, LlmError> {
+        let continuations = requests.iter().map(|r| r.continuations.len() as u64).sum();
+        self.metered_scoring(
+            0,
+            continuations,
+            || self.inner.score_continuations(requests),
+            |s| s.prompt_tokens,
+        )
     }
 }
 

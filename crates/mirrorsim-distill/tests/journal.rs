@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use common::HashModel;
 use mirrorsim_distill::journal::{Journal, JournaledBackend};
-use mirrorsim_llm::{Backend, ChatMessage, ChoiceRequest, GenerateRequest, Prompt, SamplingParams};
+use mirrorsim_llm::{
+    Backend, ChatMessage, ChoiceRequest, ContinuationRequest, GenerateRequest, Prompt,
+    SamplingParams,
+};
 
 fn generate_request(text: &str, seed: u64) -> GenerateRequest {
     GenerateRequest {
@@ -92,6 +95,44 @@ fn repeated_batches_are_answered_from_the_journal() {
         assert!(entry.prompt_tokens.unwrap() > 0);
         assert!(entry.completion_tokens.unwrap() > 0);
     }
+}
+
+#[test]
+fn continuation_scores_are_journaled_under_their_own_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.sqlite");
+    let model = HashModel::new("m");
+    let request = |text: &str| ContinuationRequest {
+        prompt: Prompt::Chat {
+            messages: vec![ChatMessage::new("user", text)],
+            continue_final: false,
+        },
+        continuations: vec![
+            "Behavior: Heat (1995)".into(),
+            "Behavior: Fargo (1996)".into(),
+        ],
+    };
+    let batch = vec![request("scene 0"), request("scene 1")];
+    let first = {
+        let journal = Journal::open(&path).unwrap();
+        let backend = JournaledBackend::new(&model, &journal);
+        let first = backend.score_continuations(&batch).unwrap();
+        assert_eq!(first.len(), 2);
+        assert_eq!(first[0].logprobs.len(), 2);
+        assert_eq!(backend.score_continuations(&batch).unwrap(), first);
+        assert_eq!((model.calls(), model.requests()), (1, 2));
+        first
+    };
+    let journal = Journal::open(&path).unwrap();
+    let fresh_model = HashModel::new("m");
+    let backend = JournaledBackend::new(&fresh_model, &journal);
+    assert_eq!(backend.score_continuations(&batch).unwrap(), first);
+    assert_eq!(fresh_model.calls(), 0);
+    let entries = journal.entries().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert!(entries
+        .iter()
+        .all(|e| e.kind == "continuation" && e.sent == 1));
 }
 
 #[test]

@@ -17,7 +17,7 @@ use mirrorsim_data::scenes::SceneRecord;
 use mirrorsim_distill::stages::{generate_rationales, score_rationales};
 use mirrorsim_distill::uncertainty::{derive_seed, sample_slot};
 use mirrorsim_distill::{GenerateConfig, Role, ScoreConfig};
-use mirrorsim_llm::{Backend, ChatMessage, ChoiceRequest, Prompt};
+use mirrorsim_llm::{Backend, ChatMessage, ChoiceRequest, ContinuationRequest, Prompt};
 use serde::{Deserialize, Serialize};
 
 use crate::agent4rec::Agent4RecCase;
@@ -30,6 +30,9 @@ use crate::metrics::{rotation_order, ScenePrediction};
 pub enum Mode {
     Direct,
     Rationale,
+    /// Each option's own text as the reply, scored by its likelihood (cloze-style): no letter
+    /// has to be bound to an option.
+    Title,
 }
 
 impl Mode {
@@ -37,6 +40,7 @@ impl Mode {
         match self {
             Mode::Direct => "direct",
             Mode::Rationale => "rationale",
+            Mode::Title => "title",
         }
     }
 }
@@ -47,8 +51,9 @@ impl std::str::FromStr for Mode {
         match s {
             "direct" => Ok(Mode::Direct),
             "rationale" => Ok(Mode::Rationale),
+            "title" => Ok(Mode::Title),
             other => Err(EvalError::Config(format!(
-                "unknown mode `{other}`; use direct or rationale"
+                "unknown mode `{other}`; use direct, rationale or title"
             ))),
         }
     }
@@ -133,6 +138,35 @@ pub fn direct_choice_request(
     }
 }
 
+/// What the simulator answers in title mode: the option as listed, after this cue.
+pub const TITLE_CUE: &str = "Behavior: ";
+
+/// Title mode: the behaviour-only prompt, and one complete assistant reply per option,
+/// `Behavior: ` followed by the option's text as its line lists it (title, details and, when
+/// the scenes have them, counts), in slot order.
+pub fn title_request(scene: &SceneRecord) -> Result<ContinuationRequest, EvalError> {
+    let (_, texts) = option_texts(scene)?;
+    Ok(ContinuationRequest {
+        prompt: Prompt::Chat {
+            messages: to_llm_messages(&scene.direct_messages),
+            continue_final: false,
+        },
+        continuations: texts
+            .iter()
+            .map(|text| format!("{TITLE_CUE}{text}"))
+            .collect(),
+    })
+}
+
+/// A backend answered `got` requests (or options) where `expected` were asked.
+pub(crate) fn check_shape(expected: usize, got: usize) -> Result<(), EvalError> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(EvalError::BackendShape { expected, got })
+    }
+}
+
 fn progress_bar(total: usize, prefix: &str) -> ProgressBar {
     let bar = ProgressBar::new(total as u64);
     let style =
@@ -200,37 +234,56 @@ pub fn score_simulator(
         }
     };
     match config.mode {
-        Mode::Direct => {
+        Mode::Direct | Mode::Title => {
             let jobs: Vec<(usize, usize)> = scenes
                 .iter()
                 .enumerate()
                 .flat_map(|(i, s)| (0..max_rotations(s)).map(move |r| (i, r)))
                 .collect();
-            let bar = progress_bar(jobs.len(), "eval (direct)");
+            let bar = progress_bar(jobs.len(), &format!("eval ({})", config.mode.name()));
             for batch in jobs.chunks(config.batch_scenes) {
-                let requests = batch
+                let shown = batch
                     .iter()
-                    .map(|&(i, r)| Ok(direct_request(&rotate(&scenes[i], r)?)))
+                    .map(|&(i, r)| rotate(&scenes[i], r))
                     .collect::<Result<Vec<_>, EvalError>>()?;
-                let answers = backend.score_choices(&requests)?;
-                if answers.len() != requests.len() {
-                    return Err(EvalError::BackendShape {
-                        expected: requests.len(),
-                        got: answers.len(),
-                    });
-                }
-                for (&(i, _), answer) in batch.iter().zip(answers) {
-                    prompt_tokens += answer.prompt_tokens as u64;
-                    missing[i] |= answer.missing_labels.iter().any(|m| !m.is_empty());
-                    let distribution =
-                        answer
-                            .distributions
-                            .into_iter()
-                            .next()
-                            .ok_or(EvalError::BackendShape {
-                                expected: 1,
-                                got: 0,
-                            })?;
+                // Per job: its distribution, whether a label's probability was missing, and
+                // the prompt tokens read.
+                let answers: Vec<(Vec<f64>, bool, usize)> = if config.mode == Mode::Direct {
+                    let requests: Vec<ChoiceRequest> = shown.iter().map(direct_request).collect();
+                    let answers = backend.score_choices(&requests)?;
+                    check_shape(requests.len(), answers.len())?;
+                    answers
+                        .into_iter()
+                        .map(|answer| {
+                            let missing = answer.missing_labels.iter().any(|m| !m.is_empty());
+                            let distribution = answer.distributions.into_iter().next().ok_or(
+                                EvalError::BackendShape {
+                                    expected: 1,
+                                    got: 0,
+                                },
+                            )?;
+                            Ok((distribution, missing, answer.prompt_tokens))
+                        })
+                        .collect::<Result<_, EvalError>>()?
+                } else {
+                    let requests = shown
+                        .iter()
+                        .map(title_request)
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let answers = backend.score_continuations(&requests)?;
+                    check_shape(requests.len(), answers.len())?;
+                    answers
+                        .into_iter()
+                        .zip(&shown)
+                        .map(|(answer, scene)| {
+                            check_shape(scene.options.len(), answer.logprobs.len())?;
+                            Ok((answer.distribution(), false, answer.prompt_tokens))
+                        })
+                        .collect::<Result<_, EvalError>>()?
+                };
+                for (&(i, _), (distribution, missing_label, tokens)) in batch.iter().zip(answers) {
+                    prompt_tokens += tokens as u64;
+                    missing[i] |= missing_label;
                     rotated[i].push(distribution);
                 }
                 bar.inc(batch.len() as u64);
@@ -302,12 +355,7 @@ pub fn score_simulator(
                 .map(|case| yes_no_request(&scenes[case.scene], &case.slots))
                 .collect::<Result<Vec<_>, _>>()?;
             let answers = backend.score_choices(&requests)?;
-            if answers.len() != requests.len() {
-                return Err(EvalError::BackendShape {
-                    expected: requests.len(),
-                    got: answers.len(),
-                });
-            }
+            check_shape(requests.len(), answers.len())?;
             for answer in answers {
                 prompt_tokens += answer.prompt_tokens as u64;
                 all.push(answer.distributions.iter().map(|d| d[0]).collect());

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::baselines::{BaselineKind, FittedBaselines};
 use crate::error::EvalError;
 use crate::hybrid::HybridWeights;
-use crate::simulate::{direct_choice_request, to_llm_messages, Mode};
+use crate::simulate::{check_shape, direct_choice_request, to_llm_messages, Mode};
 
 /// One user facing one slate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +136,12 @@ impl<'c> SlateSimulator<'c> {
                 if r.samples == 0 {
                     return Err(EvalError::Config(format!(
                         "request {i}: samples must be at least 1"
+                    )));
+                }
+                if r.mode == Mode::Title {
+                    return Err(EvalError::Config(format!(
+                        "request {i}: slates are answered in direct or rationale mode; title \
+                         mode is for `mirrorsim eval` on scenes"
                     )));
                 }
                 Ok(self.catalog.render(&r.user, &r.items, r.none_option)?)
@@ -332,14 +338,6 @@ pub fn sample_seed(seed: u64, s: usize) -> u64 {
         &seed.to_le_bytes(),
         &(s as u64).to_le_bytes(),
     ])
-}
-
-fn check_shape(expected: usize, got: usize) -> Result<(), EvalError> {
-    if expected == got {
-        Ok(())
-    } else {
-        Err(EvalError::BackendShape { expected, got })
-    }
 }
 
 fn direct_request(prompt: &SlatePrompt) -> ChoiceRequest {

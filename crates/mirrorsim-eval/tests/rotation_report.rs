@@ -279,3 +279,95 @@ fn screenshot(html: &str, dir: &std::path::Path) {
         bytes.len()
     );
 }
+
+/// Scores each continuation by its text alone (its length in characters, scaled), so the
+/// option's probability must follow the option wherever a rotation puts it.
+struct TextLengthModel;
+
+impl mirrorsim_llm::Backend for TextLengthModel {
+    fn model_id(&self) -> String {
+        "text-length".to_owned()
+    }
+
+    fn generate(
+        &self,
+        _: &[mirrorsim_llm::GenerateRequest],
+    ) -> Result<Vec<Vec<mirrorsim_llm::Completion>>, mirrorsim_llm::LlmError> {
+        unreachable!("title mode generates nothing")
+    }
+
+    fn score_choices(
+        &self,
+        _: &[mirrorsim_llm::ChoiceRequest],
+    ) -> Result<Vec<mirrorsim_llm::ChoiceScores>, mirrorsim_llm::LlmError> {
+        unreachable!("title mode scores no letters")
+    }
+
+    fn score_continuations(
+        &self,
+        requests: &[mirrorsim_llm::ContinuationRequest],
+    ) -> Result<Vec<mirrorsim_llm::ContinuationScores>, mirrorsim_llm::LlmError> {
+        Ok(requests
+            .iter()
+            .map(|r| mirrorsim_llm::ContinuationScores {
+                logprobs: r
+                    .continuations
+                    .iter()
+                    .map(|c| -(c.chars().count() as f64) / 20.0)
+                    .collect(),
+                tokens: r.continuations.iter().map(|c| c.len()).collect(),
+                prompt_tokens: 1,
+            })
+            .collect())
+    }
+}
+
+#[test]
+fn title_mode_scores_each_options_listed_text_and_follows_it_under_rotation() {
+    use mirrorsim_eval::simulate::{score_simulator, title_request, Mode, SimulatorConfig};
+
+    let (_, scenes, _) = small_scenes();
+    let scenes = &scenes[..8];
+    let request = title_request(&scenes[0]).unwrap();
+    let (_, bodies) = option_texts(&scenes[0]).unwrap();
+    let expected: Vec<String> = bodies.iter().map(|b| format!("Behavior: {b}")).collect();
+    assert_eq!(request.continuations, expected);
+    match &request.prompt {
+        mirrorsim_llm::Prompt::Chat {
+            messages,
+            continue_final,
+        } => {
+            assert!(!continue_final);
+            assert_eq!(messages.len(), scenes[0].direct_messages.len());
+        }
+        other => panic!("expected a chat prompt, got {other:?}"),
+    }
+
+    let config = SimulatorConfig {
+        mode: "title".parse::<Mode>().unwrap(),
+        rotations: true,
+        agent4rec: false,
+        ..SimulatorConfig::default()
+    };
+    let output = score_simulator(scenes, &TextLengthModel, &config, &[]).unwrap();
+    for (scene, prediction) in scenes.iter().zip(&output.predictions) {
+        let (_, bodies) = option_texts(scene).unwrap();
+        let weights: Vec<f64> = bodies
+            .iter()
+            .map(|b| (-((b.chars().count() + 10) as f64) / 20.0).exp())
+            .collect();
+        let total: f64 = weights.iter().sum();
+        for (p, w) in prediction.distribution.iter().zip(&weights) {
+            assert!((p - w / total).abs() < 1e-12, "{scene:?}");
+        }
+        let k = scene.options.len();
+        assert_eq!(prediction.rotations.len(), k);
+        for (r, rotated) in prediction.rotations.iter().enumerate() {
+            for (j, p) in rotated.iter().enumerate() {
+                let from = (j + r) % k;
+                assert!((p - prediction.distribution[from]).abs() < 1e-12);
+            }
+        }
+        assert_eq!(prediction.samples.len(), config.repeats);
+    }
+}

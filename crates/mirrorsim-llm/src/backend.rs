@@ -144,6 +144,48 @@ pub struct ChoiceScores {
     pub prompt_tokens: usize,
 }
 
+/// Score whole continuations of one shared prompt by their likelihood.
+///
+/// For chat prompts each continuation is a complete assistant message after `prompt`'s
+/// messages (its end-of-turn included, so a continuation that is a prefix of another is not
+/// favoured); for text prompts it is appended to the text. Options named by their own text
+/// rather than by a letter are scored this way (cloze-style), which needs no binding of
+/// letters to options.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ContinuationRequest {
+    pub prompt: Prompt,
+    pub continuations: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContinuationScores {
+    /// Per continuation, the natural-log probability of its tokens given the prompt (the sum
+    /// over its tokens).
+    pub logprobs: Vec<f64>,
+    /// Per continuation, how many tokens that sum covers.
+    pub tokens: Vec<usize>,
+    /// Prompt tokens read (counting the shared prefix once).
+    pub prompt_tokens: usize,
+}
+
+impl ContinuationScores {
+    /// The continuations' likelihoods renormalised into one distribution (a softmax of
+    /// `logprobs`).
+    pub fn distribution(&self) -> Vec<f64> {
+        let top = self
+            .logprobs
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        if !top.is_finite() {
+            return vec![1.0 / self.logprobs.len().max(1) as f64; self.logprobs.len()];
+        }
+        let weights: Vec<f64> = self.logprobs.iter().map(|l| (l - top).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        weights.iter().map(|w| w / total).collect()
+    }
+}
+
 /// A model a stage can use: the local engine or an OpenAI-compatible server.
 pub trait Backend: Send + Sync {
     /// A stable identity of the model and its weights (e.g. file name + sha256 prefix, or
@@ -155,4 +197,18 @@ pub trait Backend: Send + Sync {
 
     /// Scores option labels after each continuation of each request.
     fn score_choices(&self, requests: &[ChoiceRequest]) -> Result<Vec<ChoiceScores>, LlmError>;
+
+    /// Scores whole continuations by their log-likelihood. Backends that cannot report the
+    /// probability of given text (an OpenAI-compatible chat endpoint) refuse.
+    fn score_continuations(
+        &self,
+        requests: &[ContinuationRequest],
+    ) -> Result<Vec<ContinuationScores>, LlmError> {
+        let _ = requests;
+        Err(LlmError::BadRequest(format!(
+            "backend {} cannot score whole continuations (needed by the title mode); use a local \
+             model (a GGUF file or a Hugging Face directory)",
+            self.model_id()
+        )))
+    }
 }

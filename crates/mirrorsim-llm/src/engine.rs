@@ -19,8 +19,9 @@ use candle_core::{Device, Tensor};
 use sha2::{Digest, Sha256};
 
 use crate::backend::{
-    Backend, ChatMessage, ChoiceRequest, ChoiceScores, Completion, FinishReason, GenerateRequest,
-    LlmError, Prompt, SamplingParams, TokenLogprobs,
+    Backend, ChatMessage, ChoiceRequest, ChoiceScores, Completion, ContinuationRequest,
+    ContinuationScores, FinishReason, GenerateRequest, LlmError, Prompt, SamplingParams,
+    TokenLogprobs,
 };
 use crate::chat_template::ChatTemplate;
 use crate::model::llama::{causal_mask, left_padding_mask};
@@ -716,6 +717,157 @@ impl LocalEngine {
         })
     }
 
+    /// The prompt's own text and, per continuation, the full text the model reads (see
+    /// [`ContinuationRequest`]).
+    fn continuation_texts(
+        &self,
+        request: &ContinuationRequest,
+    ) -> Result<(String, Vec<String>), LlmError> {
+        match &request.prompt {
+            Prompt::Text { text } => Ok((
+                text.clone(),
+                request
+                    .continuations
+                    .iter()
+                    .map(|c| format!("{text}{c}"))
+                    .collect(),
+            )),
+            Prompt::Chat {
+                messages,
+                continue_final,
+            } => {
+                let template = self.template()?;
+                let extends_last =
+                    *continue_final && messages.last().is_some_and(|m| m.role == "assistant");
+                let prompt = if extends_last {
+                    template.render(messages, false, true)?
+                } else {
+                    template.render(messages, true, false)?
+                };
+                let texts = request
+                    .continuations
+                    .iter()
+                    .map(|c| {
+                        let mut with: Vec<ChatMessage> = messages.clone();
+                        match with.last_mut() {
+                            Some(last) if extends_last => last.content.push_str(c),
+                            _ => with.push(ChatMessage::new("assistant", c.clone())),
+                        }
+                        template.render(&with, false, false)
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok((prompt, texts))
+            }
+        }
+    }
+
+    /// Scores one continuation request: each full text is tokenized whole; the scored tokens
+    /// of a continuation are those after its longest token prefix in common with the prompt
+    /// alone (so a merge at the boundary is scored as the model reads it). The prefix all
+    /// continuations share is read once.
+    pub fn score_continuation_request(
+        &self,
+        request: &ContinuationRequest,
+    ) -> Result<ContinuationScores, LlmError> {
+        if request.continuations.is_empty() {
+            return Err(LlmError::BadRequest(
+                "no continuations to score".to_string(),
+            ));
+        }
+        let add_bos =
+            matches!(request.prompt, Prompt::Text { .. }) && self.tokenizer.add_bos_token();
+        let (prompt_text, texts) = self.continuation_texts(request)?;
+        let prompt_ids = self.tokenizer.encode(&prompt_text, add_bos)?;
+        let full: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| self.tokenizer.encode(t, add_bos))
+            .collect::<Result<_, _>>()?;
+        let mut starts = Vec::with_capacity(full.len());
+        for (i, tokens) in full.iter().enumerate() {
+            let start = tokens
+                .iter()
+                .zip(&prompt_ids)
+                .take_while(|(a, b)| a == b)
+                .count();
+            if start == 0 {
+                return Err(LlmError::BadRequest(
+                    "the prompt has no tokens to condition on".to_string(),
+                ));
+            }
+            if start >= tokens.len() {
+                return Err(LlmError::BadRequest(format!(
+                    "continuation {i} ({:?}) adds no tokens to the prompt",
+                    request.continuations[i]
+                )));
+            }
+            starts.push(start);
+        }
+        let shared_len = starts.iter().copied().min().unwrap_or(1);
+        let (prefix_cache, prefix_logits) = self.prefill(&full[0][..shared_len], 0)?;
+        let prefix_log_probs = log_softmax(&prefix_logits);
+        let mut logprobs = vec![0.0f64; full.len()];
+        let mut prompt_tokens = shared_len;
+        let mut order: Vec<usize> = (0..full.len()).collect();
+        order.sort_by_key(|&i| full[i].len());
+        let batch = match self.options.max_score_batch {
+            0 if self.model.device().is_cpu() => 4,
+            0 => 16,
+            n => n,
+        };
+        for chunk in order.chunks(batch) {
+            let suffixes: Vec<&[u32]> = chunk.iter().map(|&i| &full[i][shared_len..]).collect();
+            prompt_tokens += suffixes.iter().map(|s| s.len()).sum::<usize>();
+            let longest = suffixes.iter().map(|s| s.len()).max().unwrap_or(0);
+            let run = || -> candle_core::Result<Vec<f64>> {
+                let mut ids = Vec::with_capacity(chunk.len() * longest);
+                for s in &suffixes {
+                    ids.extend_from_slice(s);
+                    ids.extend(std::iter::repeat_n(0u32, longest - s.len()));
+                }
+                let ids = Tensor::from_vec(ids, (chunk.len(), longest), self.model.device())?;
+                let hidden = self
+                    .model
+                    .forward_hidden_after_prefix(&ids, &prefix_cache)?;
+                let mut sums = Vec::with_capacity(chunk.len());
+                for (row, &i) in chunk.iter().enumerate() {
+                    let tokens = &full[i];
+                    let mut sum = 0.0f64;
+                    let mut first = starts[i];
+                    if first == shared_len {
+                        sum += prefix_log_probs[tokens[shared_len] as usize];
+                        first += 1;
+                    }
+                    // Token t is predicted by the suffix's hidden state at t - 1 - shared_len.
+                    if first < tokens.len() {
+                        let rows = hidden.get(row)?.narrow(
+                            0,
+                            first - 1 - shared_len,
+                            tokens.len() - first,
+                        )?;
+                        let logits = self.model.logits_inference(&rows)?.to_vec2::<f32>()?;
+                        for (t, row_logits) in (first..tokens.len()).zip(&logits) {
+                            sum += log_softmax(row_logits)[tokens[t] as usize];
+                        }
+                    }
+                    sums.push(sum);
+                }
+                Ok(sums)
+            };
+            for (&i, sum) in chunk.iter().zip(run().map_err(compute)?) {
+                logprobs[i] = sum;
+            }
+        }
+        Ok(ContinuationScores {
+            logprobs,
+            tokens: full
+                .iter()
+                .zip(&starts)
+                .map(|(f, &start)| f.len() - start)
+                .collect(),
+            prompt_tokens,
+        })
+    }
+
     /// Runs `sequences` (right-padded into one batch) after `prefix` (if any) and returns, per
     /// sequence, the logits of its `label_ids` after its last token.
     fn last_label_logits(
@@ -861,5 +1013,15 @@ impl Backend for LocalEngine {
 
     fn score_choices(&self, requests: &[ChoiceRequest]) -> Result<Vec<ChoiceScores>, LlmError> {
         self.score_choices_with(requests, true)
+    }
+
+    fn score_continuations(
+        &self,
+        requests: &[ContinuationRequest],
+    ) -> Result<Vec<ContinuationScores>, LlmError> {
+        requests
+            .iter()
+            .map(|request| self.score_continuation_request(request))
+            .collect()
     }
 }

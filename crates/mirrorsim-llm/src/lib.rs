@@ -15,6 +15,7 @@ pub mod sampling;
 pub mod tokenizer;
 
 pub use backend::{
-    Backend, ChatMessage, ChoiceRequest, ChoiceScores, Completion, FinishReason, GenerateRequest,
-    LlmError, Prompt, SamplingParams, TokenLogprobs,
+    Backend, ChatMessage, ChoiceRequest, ChoiceScores, Completion, ContinuationRequest,
+    ContinuationScores, FinishReason, GenerateRequest, LlmError, Prompt, SamplingParams,
+    TokenLogprobs,
 };

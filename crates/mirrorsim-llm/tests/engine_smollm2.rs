@@ -6,7 +6,8 @@ use std::sync::OnceLock;
 
 use mirrorsim_llm::engine::{EngineOptions, LocalEngine, MatmulPrecision};
 use mirrorsim_llm::{
-    Backend, ChatMessage, ChoiceRequest, FinishReason, GenerateRequest, Prompt, SamplingParams,
+    Backend, ChatMessage, ChoiceRequest, ContinuationRequest, FinishReason, GenerateRequest,
+    Prompt, SamplingParams,
 };
 
 fn engine() -> &'static LocalEngine {
@@ -180,6 +181,101 @@ fn scoring_a_text_prompt_matches_full_logits() {
             "{distribution:?} vs {p_b}"
         );
     }
+}
+
+/// The log-probability of `full`'s tokens after its common prefix with `prompt`, from one
+/// unshared forward over the whole sequence.
+fn reference_logprob(prompt: &[u32], full: &[u32]) -> (f64, usize) {
+    let start = full.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+    let logits = engine().logits(full).unwrap();
+    let mut sum = 0.0;
+    for t in start..full.len() {
+        let row = &logits[t - 1];
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let log_sum = row
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln()
+            + max;
+        sum += row[full[t] as usize] as f64 - log_sum;
+    }
+    (sum, full.len() - start)
+}
+
+#[test]
+fn continuation_scores_match_a_full_forward_and_prefer_the_right_answer() {
+    let engine = engine();
+    let messages = vec![ChatMessage::new("user", "What is the capital of France?")];
+    let continuations = ["Paris", "Berlin", "The capital of France is Paris.", "Pa"];
+    let request = ContinuationRequest {
+        prompt: Prompt::Chat {
+            messages: messages.clone(),
+            continue_final: false,
+        },
+        continuations: continuations.iter().map(|c| c.to_string()).collect(),
+    };
+    let scores = engine
+        .score_continuations(std::slice::from_ref(&request))
+        .unwrap();
+    let scores = &scores[0];
+    let template = engine.chat_template().unwrap();
+    let prompt = engine
+        .tokenizer()
+        .encode(&template.render(&messages, true, false).unwrap(), false)
+        .unwrap();
+    for (i, continuation) in continuations.iter().enumerate() {
+        let mut with = messages.clone();
+        with.push(ChatMessage::new("assistant", *continuation));
+        let full = engine
+            .tokenizer()
+            .encode(&template.render(&with, false, false).unwrap(), false)
+            .unwrap();
+        let (expected, tokens) = reference_logprob(&prompt, &full);
+        assert_eq!(scores.tokens[i], tokens, "{continuation}");
+        assert!(
+            (scores.logprobs[i] - expected).abs() < 2e-3,
+            "{continuation}: {} vs {expected}",
+            scores.logprobs[i]
+        );
+    }
+    // The end of the turn is scored: "Pa" alone is a prefix of "Paris" yet less likely.
+    assert!(scores.logprobs[0] > scores.logprobs[1], "{scores:?}");
+    assert!(scores.logprobs[0] > scores.logprobs[3], "{scores:?}");
+    let distribution = scores.distribution();
+    assert!((distribution.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    assert!(distribution[0] > distribution[1]);
+
+    // A text prompt: the continuation is appended to the text.
+    let text = ContinuationRequest {
+        prompt: Prompt::Text {
+            text: "The capital of France is".into(),
+        },
+        continuations: vec![" Paris".into(), " Berlin".into()],
+    };
+    let scores = engine.score_continuations(&[text]).unwrap();
+    let prompt = engine
+        .tokenizer()
+        .encode("The capital of France is", false)
+        .unwrap();
+    for (i, continuation) in [" Paris", " Berlin"].iter().enumerate() {
+        let full = engine
+            .tokenizer()
+            .encode(&format!("The capital of France is{continuation}"), false)
+            .unwrap();
+        let (expected, _) = reference_logprob(&prompt, &full);
+        assert!((scores[0].logprobs[i] - expected).abs() < 2e-3);
+    }
+    assert!(scores[0].logprobs[0] > scores[0].logprobs[1]);
+
+    // A continuation that adds nothing is refused, not scored as certain.
+    let empty = ContinuationRequest {
+        prompt: Prompt::Text {
+            text: "The capital of France is".into(),
+        },
+        continuations: vec![String::new()],
+    };
+    assert!(engine.score_continuations(&[empty]).is_err());
 }
 
 #[test]

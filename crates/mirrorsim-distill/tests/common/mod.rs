@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use mirrorsim_data::scenes::{ChatMessage as SceneMessage, SceneRecord, Split};
 use mirrorsim_llm::{
-    Backend, ChoiceRequest, ChoiceScores, Completion, FinishReason, GenerateRequest, LlmError,
+    Backend, ChoiceRequest, ChoiceScores, Completion, ContinuationRequest, ContinuationScores,
+    FinishReason, GenerateRequest, LlmError,
 };
 use sha2::{Digest, Sha256};
 
@@ -185,6 +186,28 @@ impl Backend for HashModel {
             });
         }
         Ok(out)
+    }
+
+    fn score_continuations(
+        &self,
+        requests: &[ContinuationRequest],
+    ) -> Result<Vec<ContinuationScores>, LlmError> {
+        self.count(requests.len());
+        Ok(requests
+            .iter()
+            .map(|request| {
+                let prompt = serde_json::to_string(&request.prompt).unwrap();
+                ContinuationScores {
+                    logprobs: request
+                        .continuations
+                        .iter()
+                        .map(|c| -((hash64(&[&self.name, &prompt, c]) % 1000) as f64) / 100.0)
+                        .collect(),
+                    tokens: request.continuations.iter().map(|c| c.len() / 4).collect(),
+                    prompt_tokens: prompt.len() / 4,
+                }
+            })
+            .collect())
     }
 }
 

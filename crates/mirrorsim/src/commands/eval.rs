@@ -63,7 +63,8 @@ pub struct EvalArgs {
     /// Most requests in flight against --endpoint.
     #[arg(long, default_value_t = 8, requires = "endpoint")]
     concurrency: usize,
-    /// direct: one forward after `Behavior: [`; rationale: R generated rationales, each scored.
+    /// direct: one forward after `Behavior: [`; rationale: R generated rationales, each scored;
+    /// title: each option's own text as the reply, scored by its likelihood (local models).
     #[arg(long, default_value = "direct")]
     mode: String,
     /// Direct: samples per scene for sampled accuracy; rationale: rationales per scene.
