@@ -6,8 +6,10 @@
 //! is the scene's prediction and `R` seeded draws from it are its samples. Rationale mode: `R`
 //! rationales generated and scored by `mirrorsim-distill` (prompt, then the rationale, then
 //! `\nBehavior: [`); the prediction is the mean of their distributions, and each rationale's own
-//! seeded behaviour is a sample. Position bias re-scores every scene under each cyclic rotation
-//! of its options, re-rendered with [`reorder_options`].
+//! seeded behaviour is a sample. Title mode: the same prompt, each option's listed text as a
+//! complete reply scored by its likelihood, the softmax over the options as the prediction and
+//! `R` seeded draws from it as samples. Position bias re-scores every scene under each cyclic
+//! rotation of its options, re-rendered with [`reorder_options`].
 
 use std::time::Instant;
 
@@ -63,7 +65,7 @@ impl std::str::FromStr for Mode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SimulatorConfig {
     pub mode: Mode,
-    /// Direct: samples drawn per scene; rationale: rationales generated per scene.
+    /// Direct and title: samples drawn per scene; rationale: rationales generated per scene.
     pub repeats: usize,
     pub seed: u64,
     /// Re-score every scene under all cyclic rotations of its options.

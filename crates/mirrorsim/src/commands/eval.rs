@@ -67,7 +67,7 @@ pub struct EvalArgs {
     /// title: each option's own text as the reply, scored by its likelihood (local models).
     #[arg(long, default_value = "direct")]
     mode: String,
-    /// Direct: samples per scene for sampled accuracy; rationale: rationales per scene.
+    /// Direct, title: samples per scene for sampled accuracy; rationale: rationales per scene.
     #[arg(long, default_value_t = 5)]
     repeats: usize,
     /// Evaluate only the first N scenes.
