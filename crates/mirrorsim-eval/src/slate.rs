@@ -532,5 +532,10 @@ mod tests {
             err.to_string().contains("samples must be at least 1"),
             "{err}"
         );
+
+        let mut title = request(&slates, false, 0);
+        title.mode = Mode::Title;
+        let err = sim.simulate(&[title]).unwrap_err();
+        assert!(err.to_string().contains("title mode is for"), "{err}");
     }
 }
