@@ -117,7 +117,8 @@ fn sft_then_dpo_then_merged_gguf_export() {
         "0.2",
         "--json",
     ];
-    let mut sft_args = vec!["train", "sft", "--data"];
+    // `default` names the default model, as it does for eval.
+    let mut sft_args = vec!["train", "sft", "--model", "default", "--data"];
     let (sft_data, sft_out) = (d("sft.jsonl"), d("sft"));
     sft_args.extend([sft_data.as_str(), "--out", sft_out.as_str()]);
     sft_args.extend(common);

@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use mirrorsim_llm::default_model::default_model_path;
 use mirrorsim_llm::engine::LocalEngine;
 use mirrorsim_llm::{Backend, ChatMessage, GenerateRequest, Prompt, SamplingParams};
 
@@ -39,10 +38,7 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     if args.max_tokens == 0 {
         anyhow::bail!("--max-tokens must be at least 1");
     }
-    let model_path = match args.model {
-        Some(path) => path,
-        None => default_model_path().context("finding the default model")?,
-    };
+    let model_path = super::model_arg::local_model_path(args.model.as_deref())?;
     let load_started = Instant::now();
     let engine = LocalEngine::load(&model_path, super::model_arg::engine_options())
         .with_context(|| format!("loading {}", model_path.display()))?;

@@ -126,10 +126,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 
     let started = Instant::now();
-    let model_path = match &args.model {
-        Some(path) => path.clone(),
-        None => mirrorsim_llm::default_model::default_model_path()?,
-    };
+    let model_path = super::model_arg::local_model_path(args.model.as_deref())?;
     eprintln!("[2/4] loading {}", model_path.display());
     let engine = LocalEngine::load(&model_path, super::model_arg::engine_options())
         .with_context(|| format!("loading the model {}", model_path.display()))?;

@@ -51,10 +51,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<()> {
             "export writes a merged model; pass --merge (the adapter alone is already PEFT files)"
         );
     }
-    let model_path = match &args.model {
-        Some(path) => path.clone(),
-        None => mirrorsim_llm::default_model::default_model_path()?,
-    };
+    let model_path = super::model_arg::local_model_path(args.model.as_deref())?;
     let engine = LocalEngine::load(
         &model_path,
         EngineOptions {

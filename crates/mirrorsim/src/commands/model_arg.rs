@@ -85,14 +85,21 @@ pub fn engine_options() -> EngineOptions {
     }
 }
 
+/// The path of a local model argument: a GGUF file or HF model directory as given, or the
+/// default SmolLM2-135M-Instruct (found or fetched) for `None` and `default`.
+pub fn local_model_path(model: Option<&Path>) -> anyhow::Result<std::path::PathBuf> {
+    match model {
+        Some(path) if path != Path::new("default") => Ok(path.to_owned()),
+        _ => {
+            mirrorsim_llm::default_model::default_model_path().context("finding the default model")
+        }
+    }
+}
+
 /// A local model (a GGUF file or HF model directory; `None` or `default` for the default
 /// SmolLM2-135M-Instruct), with a PEFT LoRA adapter on top when given.
 pub fn load_local(model: Option<&Path>, adapter: Option<&Path>) -> anyhow::Result<LocalEngine> {
-    let path = match model {
-        Some(path) if path != Path::new("default") => path.to_owned(),
-        _ => mirrorsim_llm::default_model::default_model_path()
-            .context("finding the default model")?,
-    };
+    let path = local_model_path(model)?;
     tracing::info!("loading {}", path.display());
     let options = EngineOptions {
         adapter: adapter.map(Path::to_owned),

@@ -538,10 +538,7 @@ impl ModelEntry {
                 served_model: self.served_model.clone().unwrap_or_default(),
             });
         }
-        let path = match &self.path {
-            Some(path) if path != Path::new("default") => path.clone(),
-            _ => mirrorsim_llm::default_model::default_model_path()?,
-        };
+        let path = super::model_arg::local_model_path(self.path.as_deref())?;
         Ok(ModelIdentity::Local(path))
     }
 }

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
-use mirrorsim_llm::default_model::default_model_path;
 use mirrorsim_llm::engine::LocalEngine;
 use mirrorsim_llm::Backend;
 use mirrorsim_serve::ServerOptions;
@@ -49,10 +48,7 @@ pub fn run(args: ServeLlmArgs) -> anyhow::Result<()> {
     if args.max_batch_requests == 0 {
         anyhow::bail!("--max-batch-requests must be at least 1");
     }
-    let model_path = match args.model {
-        Some(path) => path,
-        None => default_model_path().context("finding the default model")?,
-    };
+    let model_path = super::model_arg::local_model_path(args.model.as_deref())?;
     let served_name = match args.served_model_name {
         Some(name) if name.trim().is_empty() => anyhow::bail!("--served-model-name is empty"),
         Some(name) => name,

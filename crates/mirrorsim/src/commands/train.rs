@@ -137,10 +137,7 @@ impl CommonTrainArgs {
     }
 
     fn paths(&self) -> anyhow::Result<RunPaths> {
-        let model = match &self.model {
-            Some(path) => path.clone(),
-            None => mirrorsim_llm::default_model::default_model_path()?,
-        };
+        let model = super::model_arg::local_model_path(self.model.as_deref())?;
         Ok(RunPaths {
             model,
             data: self.data.clone(),
