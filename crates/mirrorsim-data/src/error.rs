@@ -34,6 +34,8 @@ pub enum DataError {
     #[error("`{spec}` is not a dataset source; write it as FORMAT:PATH, e.g. recbole:data/ml-1m")]
     BadSpec { spec: String },
     #[error("{path} does not exist; check the path after the `FORMAT:` prefix")]
+    MissingSource { path: PathBuf },
+    #[error("{path} does not exist")]
     Missing { path: PathBuf },
     #[error("{path} holds no interactions; a dataset needs at least one user–item interaction")]
     Empty { path: PathBuf },

@@ -575,7 +575,7 @@ fn unknown_format_and_bad_spec() {
     let err = "ml-1m".parse::<SourceSpec>().unwrap_err();
     assert!(err.to_string().contains("FORMAT:PATH"), "{err}");
     let err = read("recbole", Path::new("/nonexistent/ml-1m"), false).unwrap_err();
-    assert!(matches!(err, DataError::Missing { .. }), "{err:?}");
+    assert!(matches!(err, DataError::MissingSource { .. }), "{err:?}");
 }
 
 // ---------------------------------------------------------------- movielens: malformed input

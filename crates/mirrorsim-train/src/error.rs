@@ -12,18 +12,26 @@ pub enum TrainError {
         field: String,
         message: String,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Data(#[from] DataError),
-    #[error("{0}")]
+    #[error(transparent)]
     Llm(#[from] LlmError),
+    // Not a `#[from]`: that would also make the candle error this one's source, and the CLI,
+    // which prints the whole chain, would show its message twice.
     #[error("model computation failed: {0}")]
-    Compute(#[from] candle_core::Error),
+    Compute(candle_core::Error),
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
     #[error("invalid training config: {0}")]
     Config(String),
     #[error("cannot resume from {path}: {message}")]
     Resume { path: PathBuf, message: String },
+}
+
+impl From<candle_core::Error> for TrainError {
+    fn from(error: candle_core::Error) -> Self {
+        TrainError::Compute(error)
+    }
 }
 
 impl TrainError {

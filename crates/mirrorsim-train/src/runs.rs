@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use mirrorsim_data::DataError;
 use mirrorsim_llm::chat_template::ChatTemplate;
 use mirrorsim_llm::engine::{EngineOptions, LocalEngine, MatmulPrecision};
 use mirrorsim_llm::model::Llama;
@@ -39,6 +40,12 @@ struct LoadedModel {
 }
 
 fn load(paths: &RunPaths) -> Result<LoadedModel, TrainError> {
+    // Checked before the model loads, so a mistyped path fails at once.
+    for data in std::iter::once(&paths.data).chain(paths.eval_data.as_ref()) {
+        if !data.is_file() {
+            return Err(DataError::Missing { path: data.clone() }.into());
+        }
+    }
     let engine = LocalEngine::load(
         &paths.model,
         EngineOptions {

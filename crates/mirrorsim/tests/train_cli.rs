@@ -254,3 +254,33 @@ fn matmul_bf16_flag_answers_on_amx_and_is_refused_in_words_elsewhere() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("int8"));
 }
+
+/// A missing training file is named once, without the dataset-source hint about `FORMAT:`, for
+/// SFT and DPO alike, and for a missing `--eval-data` too.
+#[test]
+fn missing_training_file_is_reported_once_in_plain_words() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let present = tmp.path().join("present.jsonl");
+    std::fs::write(&present, "").expect("write a file");
+    let missing = tmp.path().join("no-such-file.jsonl");
+    let (present, missing) = (present.to_str().unwrap(), missing.to_str().unwrap());
+    let out = tmp.path().join("run");
+    let out = out.to_str().unwrap();
+    for args in [
+        vec!["train", "sft", "--data", missing],
+        vec!["train", "dpo", "--data", missing],
+        vec!["train", "sft", "--data", present, "--eval-data", missing],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_mirrorsim"))
+            .args(&args)
+            .args(["--model", "default", "--out", out])
+            .output()
+            .expect("run mirrorsim");
+        assert!(!output.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let sentence = format!("{missing} does not exist");
+        assert_eq!(stderr.matches(&sentence).count(), 1, "{args:?}: {stderr}");
+        assert!(!stderr.contains("FORMAT"), "{args:?}: {stderr}");
+    }
+    assert!(!Path::new(out).join("adapter_model.safetensors").exists());
+}

@@ -75,7 +75,7 @@ pub fn read_source(
 ) -> Result<(Catalog, ReadReport), DataError> {
     let path = spec.path.as_path();
     if !path.exists() {
-        return Err(DataError::Missing {
+        return Err(DataError::MissingSource {
             path: path.to_owned(),
         });
     }
