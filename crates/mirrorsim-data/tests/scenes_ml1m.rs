@@ -435,7 +435,8 @@ fn ml100k_never_offers_an_item_released_after_the_decision() {
 
 /// `item_stats`: the same scenes as without it, and every option line ends with the option's
 /// rating count and mean over the interactions strictly before the decision and before the
-/// cutoff, recounted here by brute force.
+/// cutoff, recounted here by brute force. With `item_stats_rank` the line goes on with the
+/// option's rank by that count among the scene's options, equal counts sharing a rank.
 #[test]
 fn ml1m_item_stats_count_only_what_was_visible_at_the_decision() {
     let Some(catalog) = ml1m() else {
@@ -450,18 +451,52 @@ fn ml1m_item_stats_count_only_what_was_visible_at_the_decision() {
         },
     )
     .unwrap();
+    let ranked = build_scenes(
+        catalog,
+        &SceneConfig {
+            item_stats: true,
+            item_stats_rank: true,
+            ..config(3, 100, 100)
+        },
+    )
+    .unwrap();
     let cutoff = with_stats.summary.cutoff_timestamp.unwrap();
     let mut never_rated = 0;
-    for (a, b) in plain
+    let mut shared_ranks = 0;
+    for ((a, b), r) in plain
         .train
         .iter()
         .chain(&plain.eval)
         .zip(with_stats.train.iter().chain(&with_stats.eval))
+        .zip(ranked.train.iter().chain(&ranked.eval))
     {
         assert_eq!((&a.id, &a.options, a.answer), (&b.id, &b.options, b.answer));
+        assert_eq!((&a.id, &a.options, a.answer), (&r.id, &r.options, r.answer));
         let visible_until = b.timestamp.min(cutoff);
         let prompt = &b.direct_messages[1].content;
-        for (label, item_id) in b.labels.iter().zip(&b.options) {
+        let ranked_prompt = &r.direct_messages[1].content;
+        let counts: Vec<usize> = b
+            .options
+            .iter()
+            .map(|item_id| {
+                let item = catalog.item_idx(item_id).unwrap();
+                catalog
+                    .interactions
+                    .iter()
+                    .filter(|i| i.item == item && i.timestamp < visible_until)
+                    .count()
+            })
+            .collect();
+        let mut ranks: Vec<usize> = counts
+            .iter()
+            .map(|c| 1 + counts.iter().filter(|o| *o > c).count())
+            .collect();
+        ranks.sort_unstable();
+        ranks.dedup();
+        if ranks.len() < counts.len() {
+            shared_ranks += 1;
+        }
+        for ((label, item_id), count) in b.labels.iter().zip(&b.options).zip(&counts) {
             let item = catalog.item_idx(item_id).unwrap();
             let ratings: Vec<f32> = catalog
                 .interactions
@@ -496,8 +531,22 @@ fn ml1m_item_stats_count_only_what_was_visible_at_the_decision() {
                 "scene {}: `{line}` should end with `{expected}`",
                 b.id
             );
+            let rank = 1 + counts.iter().filter(|&other| other > count).count();
+            let phrase = match rank {
+                1 => "most rated of these".to_owned(),
+                2 => "2nd most rated of these".to_owned(),
+                3 => "3rd most rated of these".to_owned(),
+                n => format!("{n}th most rated of these"),
+            };
+            let ranked_line = ranked_prompt
+                .lines()
+                .find(|l| l.starts_with(&format!("[{label}] ")))
+                .unwrap();
+            assert_eq!(ranked_line, format!("{line} ({phrase})"), "scene {}", r.id);
         }
     }
-    // Early train decisions meet items nobody had rated yet; the check saw both kinds.
+    // Early train decisions meet items nobody had rated yet; the check saw both kinds, and
+    // scenes whose counts tie.
     assert!(never_rated > 0);
+    assert!(shared_ranks > 0);
 }

@@ -239,6 +239,10 @@ pub struct SceneConfig {
     /// Describe each option by how often it was chosen before the decision and its mean
     /// rating, counted on interactions strictly before the decision and before the cutoff.
     pub item_stats: bool,
+    /// With `item_stats`, also each option's rank by that count among the options listed
+    /// ("(2nd most rated of these)"; equal counts share a rank), so that a small model need
+    /// not compare the numbers itself.
+    pub item_stats_rank: bool,
 }
 
 impl Default for SceneConfig {
@@ -260,6 +264,7 @@ impl Default for SceneConfig {
             content_pool: 10,
             prompts_dir: None,
             item_stats: false,
+            item_stats_rank: false,
         }
     }
 }
@@ -309,6 +314,11 @@ impl SceneConfig {
                 "content_neighbours ({}) must be at least content_pool ({})",
                 self.content_neighbours, self.content_pool
             ));
+        }
+        if self.item_stats_rank && !self.item_stats {
+            return bad(
+                "item_stats_rank ranks the counts that item_stats shows; set item_stats too".into(),
+            );
         }
         Ok(())
     }
@@ -605,6 +615,11 @@ mod tests {
         assert!(c.validate().is_err());
         c.negatives.popularity = -1.0;
         assert!(c.validate().unwrap_err().to_string().contains("popularity"));
+        let c = SceneConfig {
+            item_stats_rank: true,
+            ..SceneConfig::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("item_stats"));
     }
 
     #[test]

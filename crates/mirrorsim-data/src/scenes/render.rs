@@ -201,6 +201,8 @@ pub struct SceneRenderer<'a> {
     rating_scale: Option<f32>,
     /// With `item_stats`: each item's earlier interactions, to describe options with.
     item_stats: Option<ItemStats>,
+    /// With `item_stats_rank`: each option's rank by count among the scene's options.
+    item_stats_rank: bool,
     /// Per number of options: the labels and the two system prompts.
     per_k: Vec<Option<(Vec<String>, String, String)>>,
 }
@@ -241,8 +243,37 @@ impl<'a> SceneRenderer<'a> {
             item_details,
             rating_scale,
             item_stats,
+            item_stats_rank: config.item_stats_rank,
             per_k,
         })
+    }
+
+    /// Per option, its counts before `timestamp` as the prompt shows them (with its rank among
+    /// `options` when configured); all `None` without `item_stats`.
+    fn option_stats(&self, options: &[ItemIdx], timestamp: i64) -> Vec<Option<String>> {
+        let Some(stats) = &self.item_stats else {
+            return vec![None; options.len()];
+        };
+        let records: Vec<ItemRecord> = options
+            .iter()
+            .map(|&i| stats.before(self.catalog, i, timestamp))
+            .collect();
+        let counts: Vec<u32> = records
+            .iter()
+            .map(|r| r.shown_count(self.rating_scale))
+            .collect();
+        records
+            .iter()
+            .zip(&counts)
+            .map(|(record, &count)| {
+                let text = record.describe(self.rating_scale);
+                Some(if self.item_stats_rank {
+                    with_rank(&text, count, &counts, self.rating_scale.is_some())
+                } else {
+                    text
+                })
+            })
+            .collect()
     }
 
     /// The full record of a sampled scene.
@@ -280,22 +311,20 @@ impl<'a> SceneRenderer<'a> {
                 }
             })
             .collect();
+        let option_stats = self.option_stats(&scene.options, decision.timestamp);
         let option_views = scene
             .options
             .iter()
             .zip(labels)
-            .map(|(&i, label)| {
+            .zip(option_stats)
+            .map(|((&i, label), stats)| {
                 let item = catalog.item(i);
                 OptionView {
                     item_id: &item.id,
                     label,
                     title: &item.title,
                     details: &self.item_details[i as usize],
-                    stats: self.item_stats.as_ref().map(|stats| {
-                        stats
-                            .before(catalog, i, decision.timestamp)
-                            .describe(self.rating_scale)
-                    }),
+                    stats,
                 }
             })
             .collect();
@@ -440,6 +469,15 @@ impl ItemStats {
 }
 
 impl ItemRecord {
+    /// The count [`Self::describe`] shows: ratings where the data has them, choices elsewhere.
+    pub(crate) fn shown_count(&self, scale: Option<f32>) -> u32 {
+        if scale.is_some() {
+            self.rated
+        } else {
+            self.chosen
+        }
+    }
+
     /// Where the data has ratings (`scale` known): "1,234 ratings, average 4.1/5" or "no
     /// ratings yet"; elsewhere "chosen 12 times" or "not chosen yet".
     pub(crate) fn describe(&self, scale: Option<f32>) -> String {
@@ -461,6 +499,30 @@ impl ItemRecord {
             format_rating(scale, None)
         )
     }
+}
+
+/// An option's stats followed by its rank by `count` among the options' `counts`, equal
+/// counts sharing a rank: "… average 4.1/5 (2nd most rated of these)".
+pub(crate) fn with_rank(stats: &str, count: u32, counts: &[u32], rated: bool) -> String {
+    let rank = 1 + counts.iter().filter(|&&other| other > count).count();
+    format!("{stats} ({})", rank_phrase(rank, rated))
+}
+
+/// "most rated of these", "2nd most rated of these", ...; "chosen" where the data has no
+/// ratings, as [`ItemRecord::describe`] counts choices there.
+fn rank_phrase(rank: usize, rated: bool) -> String {
+    let verb = if rated { "rated" } else { "chosen" };
+    if rank == 1 {
+        return format!("most {verb} of these");
+    }
+    let suffix = match (rank % 10, rank % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{rank}{suffix} most {verb} of these")
 }
 
 /// 1234567 → "1,234,567".
@@ -798,6 +860,30 @@ mod tests {
         let without = render(false);
         assert!(without.lines().any(|l| l == "[A] I1"), "{without}");
         assert!(!without.contains("average"));
+    }
+
+    #[test]
+    fn ranks_read_as_english_ordinals() {
+        let phrases: Vec<String> = [1, 2, 3, 4, 11, 12, 13, 21, 22, 23]
+            .into_iter()
+            .map(|rank| rank_phrase(rank, true))
+            .collect();
+        assert_eq!(
+            phrases,
+            [
+                "most rated of these",
+                "2nd most rated of these",
+                "3rd most rated of these",
+                "4th most rated of these",
+                "11th most rated of these",
+                "12th most rated of these",
+                "13th most rated of these",
+                "21st most rated of these",
+                "22nd most rated of these",
+                "23rd most rated of these",
+            ]
+        );
+        assert_eq!(rank_phrase(2, false), "2nd most chosen of these");
     }
 
     #[test]

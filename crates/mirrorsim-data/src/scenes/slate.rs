@@ -11,8 +11,8 @@ use crate::catalog::Catalog;
 use crate::error::DataError;
 use crate::scenes::negatives::UserIndex;
 use crate::scenes::render::{
-    format_rating, item_details, labels, rating_scale, relative_time, shorten_review, Attribute,
-    ChatMessage, HistoryView, ItemStats, OptionView, PromptSet, SceneView, SystemView,
+    format_rating, item_details, labels, rating_scale, relative_time, shorten_review, with_rank,
+    Attribute, ChatMessage, HistoryView, ItemStats, OptionView, PromptSet, SceneView, SystemView,
     UserPromptView, UserView,
 };
 use crate::scenes::split::history_before;
@@ -108,8 +108,11 @@ pub struct SlateCatalog {
     rating_scale: Option<f32>,
     /// Whole-number rating levels within the catalog's ratings (ceil(min) ..= floor(max)).
     rating_levels: Vec<String>,
-    /// Per item, its rating count and mean as of the cutoff ([`Self::with_item_stats`]).
-    item_stats: Option<Vec<String>>,
+    /// Per item, its rating count and mean as of the cutoff ([`Self::with_item_stats`]), and
+    /// the count an option's rank among a slate's options is taken from.
+    item_stats: Option<Vec<(String, u32)>>,
+    /// Option lines also show that rank ([`Self::with_item_stats_rank`]).
+    item_stats_rank: bool,
 }
 
 impl SlateCatalog {
@@ -148,6 +151,7 @@ impl SlateCatalog {
             rating_scale,
             rating_levels,
             item_stats: None,
+            item_stats_rank: false,
         })
     }
 
@@ -166,10 +170,53 @@ impl SlateCatalog {
         let stats = ItemStats::build(catalog, cutoff_position);
         self.item_stats = Some(
             (0..catalog.items.len())
-                .map(|item| stats.at_cutoff(item as u32).describe(self.rating_scale))
+                .map(|item| {
+                    let record = stats.at_cutoff(item as u32);
+                    (
+                        record.describe(self.rating_scale),
+                        record.shown_count(self.rating_scale),
+                    )
+                })
                 .collect(),
         );
         self
+    }
+
+    /// With [`Self::with_item_stats`], catalog options also show their rank by that count
+    /// among the slate's catalog options, as the scenes of `scenes --item-stats-rank` do.
+    pub fn with_item_stats_rank(mut self) -> Self {
+        self.item_stats_rank = true;
+        self
+    }
+
+    /// Each option's stats as its line shows them: with ranks, those of catalog items (the
+    /// only ones with a count) gain their rank among the slate's catalog items.
+    fn option_stats(&self, options: &[&SlateItem]) -> Vec<Option<String>> {
+        let Some(stats) = self.item_stats.as_ref().filter(|_| self.item_stats_rank) else {
+            return options.iter().map(|o| o.stats.clone()).collect();
+        };
+        let counts: Vec<Option<u32>> = options
+            .iter()
+            .map(|o| {
+                o.stats.as_ref()?;
+                let idx = self.catalog.item_idx(&o.id)?;
+                Some(stats[idx as usize].1)
+            })
+            .collect();
+        let ranked: Vec<u32> = counts.iter().flatten().copied().collect();
+        options
+            .iter()
+            .zip(&counts)
+            .map(|(o, count)| match (count, &o.stats) {
+                (Some(count), Some(text)) => Some(with_rank(
+                    text,
+                    *count,
+                    &ranked,
+                    self.rating_scale.is_some(),
+                )),
+                _ => o.stats.clone(),
+            })
+            .collect()
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -191,7 +238,7 @@ impl SlateCatalog {
             stats: self
                 .item_stats
                 .as_ref()
-                .map(|stats| stats[idx as usize].clone()),
+                .map(|stats| stats[idx as usize].0.clone()),
         })
     }
 
@@ -397,12 +444,13 @@ impl SlateCatalog {
             options: options
                 .iter()
                 .zip(labels)
-                .map(|(o, label)| OptionView {
+                .zip(self.option_stats(options))
+                .map(|((o, label), stats)| OptionView {
                     item_id: &o.id,
                     label,
                     title: &o.title,
                     details: &o.details,
-                    stats: o.stats.clone(),
+                    stats,
                 })
                 .collect(),
         };
@@ -519,6 +567,58 @@ mod tests {
         );
         assert!(
             text.contains("[B] Gamma (genres: Drama) — no ratings yet"),
+            "{text}"
+        );
+
+        // With ranks too: the slate still shows what the scene shows, and an item that is not
+        // from the catalog keeps its own stats and takes no rank.
+        let ranked_config = SceneConfig {
+            item_stats_rank: true,
+            ..stats_config.clone()
+        };
+        let ranked_renderer = SceneRenderer::new(&catalog, &prompts, &ranked_config).unwrap();
+        let ranked_record = ranked_renderer.render(&scene, &index).unwrap();
+        let ranked_slates = SlateCatalog::new(catalog.clone(), PromptSet::embedded().unwrap(), 2)
+            .unwrap()
+            .with_item_stats(Some(86_600))
+            .with_item_stats_rank();
+        let ranked_prompt = slate_of(&ranked_slates);
+        assert_eq!(ranked_prompt.direct_messages, ranked_record.direct_messages);
+        let text = &ranked_prompt.direct_messages[1].content;
+        assert!(
+            text.contains(
+                "[C] Alpha (genres: Drama) — 1 rating, average 4.0/5 (most rated of these)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("[B] Gamma (genres: Drama) — no ratings yet (2nd most rated of these)"),
+            "{text}"
+        );
+        let mut items: Vec<SlateItem> = ["i4", "i1"]
+            .iter()
+            .map(|id| ranked_slates.item(id).unwrap())
+            .collect();
+        items.push(SlateItem {
+            id: "outside".to_owned(),
+            title: "Outside".to_owned(),
+            details: String::new(),
+            stats: Some("99 ratings, average 5.0/5".to_owned()),
+        });
+        let text = &ranked_slates
+            .render(&user, &items, false)
+            .unwrap()
+            .direct_messages[1]
+            .content;
+        assert!(
+            text.contains(
+                "[B] Alpha (genres: Drama) — 1 rating, average 4.0/5 (most rated of these)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l == "[C] Outside — 99 ratings, average 5.0/5"),
             "{text}"
         );
 

@@ -71,6 +71,11 @@ pub struct ScenesArgs {
     /// and never after the cutoff: the popularity a real catalogue shows beside an item.
     #[arg(long)]
     item_stats: bool,
+    /// With --item-stats, also each option's rank by its count among the options listed
+    /// ("(2nd most rated of these)"; equal counts share a rank): the comparison made for a
+    /// small model that does not learn to compare the numbers itself (FIDELITY.md).
+    #[arg(long, requires = "item_stats")]
+    item_stats_rank: bool,
     /// Count and skip malformed rows (reported per reason) instead of failing on the first.
     #[arg(long)]
     skip_bad_rows: bool,
@@ -93,6 +98,7 @@ impl ScenesArgs {
             seed: self.seed,
             prompts_dir: self.prompts.clone(),
             item_stats: self.item_stats,
+            item_stats_rank: self.item_stats_rank,
             ..SceneConfig::default()
         }
     }

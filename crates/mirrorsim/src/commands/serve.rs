@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// catalog, as the scenes of `scenes --item-stats` do (for an adapter trained on them).
     #[arg(long)]
     pub item_stats: bool,
+    /// With --item-stats, also each option's rank by its count among the slate's catalog
+    /// options, as the scenes of `scenes --item-stats-rank` show it.
+    #[arg(long, requires = "item_stats")]
+    pub item_stats_rank: bool,
     /// Address to listen on; use 0.0.0.0 to accept connections from other machines.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
@@ -195,10 +199,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // The service lives until the process ends; the simulator and its prior borrow the
     // catalog for that long.
     let slate_catalog = SlateCatalog::new(catalog, prompts, args.history_len)?;
-    let slate_catalog = if args.item_stats {
-        slate_catalog.with_item_stats(None)
-    } else {
-        slate_catalog
+    let slate_catalog = match (args.item_stats, args.item_stats_rank) {
+        (true, true) => slate_catalog.with_item_stats(None).with_item_stats_rank(),
+        (true, false) => slate_catalog.with_item_stats(None),
+        (false, _) => slate_catalog,
     };
     let slate_catalog: &'static SlateCatalog = Box::leak(Box::new(slate_catalog));
 

@@ -73,6 +73,10 @@ pub struct SimulatorArgs {
     /// of `scenes --item-stats` do (for an adapter trained on such scenes).
     #[arg(long)]
     pub item_stats: bool,
+    /// With --item-stats, also each option's rank by its count among the slate's options, as
+    /// the scenes of `scenes --item-stats-rank` show it.
+    #[arg(long, requires = "item_stats")]
+    pub item_stats_rank: bool,
     /// Pages sent to the model at once.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
@@ -133,10 +137,10 @@ impl SimulatorArgs {
     ) -> anyhow::Result<SlateCatalog> {
         let prompts = PromptSet::load(self.prompts.as_deref())?;
         let slates = SlateCatalog::new(catalog, prompts, self.history_len)?;
-        Ok(if self.item_stats {
-            slates.with_item_stats(cutoff)
-        } else {
-            slates
+        Ok(match (self.item_stats, self.item_stats_rank) {
+            (true, true) => slates.with_item_stats(cutoff).with_item_stats_rank(),
+            (true, false) => slates.with_item_stats(cutoff),
+            (false, _) => slates,
         })
     }
 
