@@ -488,19 +488,47 @@ pub fn hinted_scenes(
     prior: BaselineKind,
     scenes: &[SceneRecord],
 ) -> Result<Vec<SceneRecord>, EvalError> {
-    scenes
+    Ok(hint_scenes(fitted, prior, scenes)?.0)
+}
+
+/// What [`hint_scenes`] did to a set of scenes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HintCounts {
+    pub scenes: usize,
+    /// Scenes whose top prior score is held by one option, which carries the hint.
+    pub hinted: usize,
+    /// Hinted scenes whose hint is on the real choice: the most a simulator that follows the
+    /// hint can get right.
+    pub hint_on_answer: usize,
+}
+
+/// [`hinted_scenes`] with the counts a user needs to judge the hint: how many scenes carry one
+/// and how often it points at the real choice.
+pub fn hint_scenes(
+    fitted: &FittedBaselines<'_>,
+    prior: BaselineKind,
+    scenes: &[SceneRecord],
+) -> Result<(Vec<SceneRecord>, HintCounts), EvalError> {
+    let mut counts = HintCounts {
+        scenes: scenes.len(),
+        ..HintCounts::default()
+    };
+    let hinted = scenes
         .iter()
         .map(|scene| {
             let scores = fitted.scores(prior, scene)?;
             let top = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let winners = scores.iter().filter(|&&s| s == top).count();
-            let notes: Vec<Option<String>> = scores
-                .iter()
-                .map(|&s| (winners == 1 && s == top).then(|| prior_hint(prior).to_owned()))
-                .collect();
+            let winners: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] == top).collect();
+            let mut notes = vec![None; scores.len()];
+            if let [winner] = winners[..] {
+                notes[winner] = Some(prior_hint(prior).to_owned());
+                counts.hinted += 1;
+                counts.hint_on_answer += usize::from(winner == scene.answer);
+            }
             Ok(annotate_options(scene, &notes)?)
         })
-        .collect()
+        .collect::<Result<Vec<_>, EvalError>>()?;
+    Ok((hinted, counts))
 }
 
 /// The prompt variant against the hybrid on the same validation scenes (mean NLL, nats).

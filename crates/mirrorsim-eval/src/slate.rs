@@ -6,7 +6,8 @@
 //! distributions and draws each sample from its own rationale's distribution. With a prior the
 //! distribution becomes the fitted hybrid `p_llm^a · p_prior^b` (see [`crate::hybrid`]); the
 //! "none of these" option has no collaborative score, so it keeps the LLM's probability and the
-//! hybrid shares the rest among the items.
+//! hybrid shares the rest among the items. With a hint ([`SlateHint`]) the prior's pick is written
+//! into the prompt instead, as `mirrorsim hint` writes it into scenes.
 //!
 //! Every random draw is seeded from the request's seed alone (never its place in a batch), so a
 //! request gives the same answer alone or batched with others.
@@ -86,11 +87,19 @@ pub struct SlatePrior<'c> {
     pub baselines: FittedBaselines<'c>,
 }
 
+/// A collaborative prior whose pick is written into the prompt, as `mirrorsim hint` writes it
+/// into scenes: for an adapter trained on hinted scenes.
+pub struct SlateHint<'c> {
+    pub kind: BaselineKind,
+    pub baselines: FittedBaselines<'c>,
+}
+
 /// The LLM simulator (optionally a hybrid) over a catalog.
 pub struct SlateSimulator<'c> {
     catalog: &'c SlateCatalog,
     backend: Arc<dyn Backend>,
     prior: Option<SlatePrior<'c>>,
+    hint: Option<SlateHint<'c>>,
     rationale: RationaleSettings,
 }
 
@@ -100,8 +109,20 @@ impl<'c> SlateSimulator<'c> {
             catalog,
             backend,
             prior: None,
+            hint: None,
             rationale: RationaleSettings::default(),
         }
+    }
+
+    /// Each slate's item that `hint`'s prior scores strictly highest gets the prior's note
+    /// ([`crate::hybrid::prior_hint`]) on its line; a tie gets none.
+    pub fn with_hint(mut self, hint: SlateHint<'c>) -> Self {
+        self.hint = Some(hint);
+        self
+    }
+
+    pub fn hint(&self) -> Option<&SlateHint<'c>> {
+        self.hint.as_ref()
     }
 
     pub fn with_prior(mut self, prior: SlatePrior<'c>) -> Self {
@@ -144,7 +165,7 @@ impl<'c> SlateSimulator<'c> {
                          mode is for `mirrorsim eval` on scenes"
                     )));
                 }
-                Ok(self.catalog.render(&r.user, &r.items, r.none_option)?)
+                self.prompt(r)
             })
             .collect::<Result<Vec<_>, EvalError>>()?;
         let mut outcomes: Vec<Option<SlateOutcome>> = vec![None; requests.len()];
@@ -273,19 +294,34 @@ impl<'c> SlateSimulator<'c> {
         }
     }
 
-    /// The hybrid's distribution over the options when a prior is set, else `llm` itself.
-    fn apply_prior(
+    /// The prompts the model is asked: the slate rendered, with the hint when one is set.
+    pub fn prompt(&self, request: &SlateRequest) -> Result<SlatePrompt, EvalError> {
+        let prompt = self
+            .catalog
+            .render(&request.user, &request.items, request.none_option)?;
+        let Some(hint) = &self.hint else {
+            return Ok(prompt);
+        };
+        let (options, history) = self.prior_inputs(request, &prompt);
+        let scores = hint.baselines.scores_of(hint.kind, &options, &history)?;
+        let top = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let winners: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] == top).collect();
+        let mut notes = vec![None; prompt.item_ids.len()];
+        if let [winner] = winners[..] {
+            notes[winner] = Some(crate::hybrid::prior_hint(hint.kind).to_owned());
+        }
+        Ok(prompt.annotated(&notes)?)
+    }
+
+    /// The slate's items as catalog indices (`None` outside the catalog, and no "none of
+    /// these") and the user's distinct earlier catalog items, sorted: what a prior scores.
+    fn prior_inputs(
         &self,
         request: &SlateRequest,
         prompt: &SlatePrompt,
-        llm: &[f64],
-    ) -> Result<Vec<f64>, EvalError> {
-        let Some(prior) = &self.prior else {
-            return Ok(llm.to_vec());
-        };
+    ) -> (Vec<Option<ItemIdx>>, Vec<ItemIdx>) {
         let catalog = self.catalog.catalog();
-        let items = request.items.len();
-        let options: Vec<Option<ItemIdx>> = prompt.item_ids[..items]
+        let options: Vec<Option<ItemIdx>> = prompt.item_ids[..request.items.len()]
             .iter()
             .map(|id| catalog.item_idx(id))
             .collect();
@@ -306,6 +342,21 @@ impl<'c> SlateSimulator<'c> {
         };
         history.sort_unstable();
         history.dedup();
+        (options, history)
+    }
+
+    /// The hybrid's distribution over the options when a prior is set, else `llm` itself.
+    fn apply_prior(
+        &self,
+        request: &SlateRequest,
+        prompt: &SlatePrompt,
+        llm: &[f64],
+    ) -> Result<Vec<f64>, EvalError> {
+        let Some(prior) = &self.prior else {
+            return Ok(llm.to_vec());
+        };
+        let items = request.items.len();
+        let (options, history) = self.prior_inputs(request, prompt);
         let scores = prior.baselines.scores_of(prior.kind, &options, &history)?;
         let none_mass = if prompt.item_ids.len() > items {
             llm[items]

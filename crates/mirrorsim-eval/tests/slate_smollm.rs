@@ -1,6 +1,7 @@
 //! The slate simulator with the real default model (SmolLM2-135M) on ml-latest-small: a slate
 //! made of an eval scene's user and options gets the scene's exact prompt and the eval's
-//! distribution; rationale mode is reproducible from its seed.
+//! distribution, with or without a collaborative prior's hint in both; rationale mode is
+//! reproducible from its seed.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,9 +9,10 @@ use std::sync::Arc;
 use mirrorsim_data::scenes::slate::{SlateCatalog, NONE_OF_THESE_ID};
 use mirrorsim_data::scenes::{build_scenes, NegativeMix, OptionRange, PromptSet, SceneConfig};
 use mirrorsim_data::{read_source, ReadOptions, SourceSpec};
+use mirrorsim_eval::hybrid::hint_scenes;
 use mirrorsim_eval::simulate::score_simulator;
-use mirrorsim_eval::slate::{RationaleSettings, SlateRequest, SlateSimulator};
-use mirrorsim_eval::{Mode, SimulatorConfig};
+use mirrorsim_eval::slate::{RationaleSettings, SlateHint, SlateRequest, SlateSimulator};
+use mirrorsim_eval::{BaselineConfig, BaselineKind, FittedBaselines, Mode, SimulatorConfig};
 use mirrorsim_llm::engine::{EngineOptions, LocalEngine};
 
 #[test]
@@ -29,7 +31,9 @@ fn slates_from_eval_scenes_match_the_eval_and_rationales_replay() {
         negatives,
         ..SceneConfig::default()
     };
-    let scenes = build_scenes(&catalog, &config).unwrap().eval;
+    let set = build_scenes(&catalog, &config).unwrap();
+    let cutoff = set.summary.cutoff_timestamp;
+    let scenes = set.eval;
     assert_eq!(scenes.len(), 3);
 
     let model_path = mirrorsim_llm::default_model::default_model_path().unwrap();
@@ -85,6 +89,43 @@ fn slates_from_eval_scenes_match_the_eval_and_rationales_replay() {
             );
         }
         assert_eq!(outcome.samples.len(), 3);
+    }
+
+    // With a hint, a slate gets the prompt `mirrorsim hint` writes into the scene of the same
+    // decision (item-kNN's pick depends on the user's history, so both must use the same one)
+    // and the eval's distribution on that hinted scene.
+    let knn = || FittedBaselines::fit(slates.catalog(), cutoff, &BaselineConfig::default(), false);
+    let (hinted, counts) = hint_scenes(&knn().unwrap(), BaselineKind::Knn, &scenes).unwrap();
+    assert!(counts.hinted > 0, "{counts:?}");
+    let hinting = SlateSimulator::new(&slates, engine.clone()).with_hint(SlateHint {
+        kind: BaselineKind::Knn,
+        baselines: knn().unwrap(),
+    });
+    for (scene, request) in hinted.iter().zip(&requests) {
+        let prompt = hinting.prompt(request).unwrap();
+        assert_eq!(prompt.direct_messages, scene.direct_messages);
+        assert_eq!(prompt.messages, scene.messages);
+    }
+    let hinted_eval = score_simulator(
+        &hinted,
+        engine.as_ref(),
+        &SimulatorConfig {
+            rotations: false,
+            agent4rec: false,
+            ..SimulatorConfig::default()
+        },
+        &[],
+    )
+    .unwrap();
+    for (outcome, prediction) in hinting
+        .simulate(&requests)
+        .unwrap()
+        .iter()
+        .zip(&hinted_eval.predictions)
+    {
+        for (a, b) in outcome.distribution.iter().zip(&prediction.distribution) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
     }
 
     // "None of these" adds a fifth option with its own probability.

@@ -596,6 +596,7 @@ fn the_model_route_describes_the_simulator() {
     assert_eq!(info["model"], fixture().model_id.as_str());
     assert!(info["adapter"].is_null());
     assert!(info["prior"].is_null());
+    assert!(info["hint_prior"].is_null());
     assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
     let catalog = fixture().simulator.catalog().catalog();
     assert_eq!(info["catalog"]["name"], catalog.name.as_str());

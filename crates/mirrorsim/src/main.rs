@@ -43,6 +43,9 @@ enum Command {
     Data(commands::data::DataCommand),
     /// Build leakage-free listwise choice scenes (train + eval) from a dataset.
     Scenes(commands::scenes::ScenesArgs),
+    /// Put a collaborative prior's pick into the scenes' prompts (train on what
+    /// `eval --prior-in-prompt` scores), leakage-free.
+    Hint(commands::hint::HintArgs),
     /// Write N decision rationales per scene with a strong or weak model (journaled).
     Rationales(commands::distill::RationalesArgs),
     /// Score rationales with a predictor model: its distribution over the option letters.
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Data(cmd) => commands::data::run(cmd),
         Command::Scenes(args) => commands::scenes::run(args),
+        Command::Hint(args) => commands::hint::run(args),
         Command::Rationales(args) => commands::distill::run_rationales_cmd(args),
         Command::Score(args) => commands::distill::run_score_cmd(args),
         Command::Distill(args) => commands::distill::run_distill_cmd(args),

@@ -586,7 +586,7 @@ pub fn reorder_options(record: &SceneRecord, order: &[usize]) -> Result<SceneRec
         )));
     }
     let reorder_text = |text: &str| -> Result<String, DataError> {
-        let (mut lines, line_of_slot) = option_lines(record, text)?;
+        let (mut lines, line_of_slot) = option_lines(&record.id, &record.labels, text)?;
         let bodies: Vec<String> = line_of_slot
             .iter()
             .zip(&record.labels)
@@ -635,24 +635,63 @@ pub fn reorder_options(record: &SceneRecord, order: &[usize]) -> Result<SceneRec
 }
 
 /// The lines of `text` and, per option slot, the index of its line (`[L] …`, exactly one each).
-fn option_lines(record: &SceneRecord, text: &str) -> Result<(Vec<String>, Vec<usize>), DataError> {
+fn option_lines(
+    id: &str,
+    labels: &[String],
+    text: &str,
+) -> Result<(Vec<String>, Vec<usize>), DataError> {
     let lines: Vec<String> = text.split('\n').map(str::to_owned).collect();
-    let mut line_of_slot = Vec::with_capacity(record.labels.len());
-    for label in &record.labels {
+    let mut line_of_slot = Vec::with_capacity(labels.len());
+    for label in labels {
         let prefix = format!("[{label}] ");
         let found: Vec<usize> = (0..lines.len())
             .filter(|&i| lines[i].starts_with(&prefix))
             .collect();
         if found.len() != 1 {
             return Err(DataError::Config(format!(
-                "scene {}: the prompt has {} lines starting `{prefix}`, expected exactly one",
-                record.id,
+                "scene {id}: the prompt has {} lines starting `{prefix}`, expected exactly one",
                 found.len()
             )));
         }
         line_of_slot.push(found[0]);
     }
     Ok((lines, line_of_slot))
+}
+
+/// `messages` with a note appended to some option lines of the user turns
+/// (`[B] Title (…) — note`); `notes` has one entry per label. `id` names the prompt in errors.
+pub(crate) fn annotate_messages(
+    id: &str,
+    labels: &[String],
+    messages: &[ChatMessage],
+    notes: &[Option<String>],
+) -> Result<Vec<ChatMessage>, DataError> {
+    if notes.len() != labels.len() {
+        return Err(DataError::Config(format!(
+            "scene {id}: {} notes for {} options",
+            notes.len(),
+            labels.len()
+        )));
+    }
+    messages
+        .iter()
+        .map(|m| {
+            if m.role != "user" {
+                return Ok(m.clone());
+            }
+            let (mut lines, line_of_slot) = option_lines(id, labels, &m.content)?;
+            for (&line, note) in line_of_slot.iter().zip(notes) {
+                if let Some(note) = note {
+                    lines[line].push_str(" — ");
+                    lines[line].push_str(note);
+                }
+            }
+            Ok(ChatMessage {
+                role: m.role.clone(),
+                content: lines.join("\n"),
+            })
+        })
+        .collect()
 }
 
 /// The scene with a note appended to some option lines of both prompts (`[B] Title (…) — note`),
@@ -669,27 +708,8 @@ pub fn annotate_options(
             record.options.len()
         )));
     }
-    let annotate = |messages: &[ChatMessage]| -> Result<Vec<ChatMessage>, DataError> {
-        messages
-            .iter()
-            .map(|m| {
-                if m.role != "user" {
-                    return Ok(m.clone());
-                }
-                let (mut lines, line_of_slot) = option_lines(record, &m.content)?;
-                for (&line, note) in line_of_slot.iter().zip(notes) {
-                    if let Some(note) = note {
-                        lines[line].push_str(" — ");
-                        lines[line].push_str(note);
-                    }
-                }
-                Ok(ChatMessage {
-                    role: m.role.clone(),
-                    content: lines.join("\n"),
-                })
-            })
-            .collect()
-    };
+    let annotate =
+        |messages: &[ChatMessage]| annotate_messages(&record.id, &record.labels, messages, notes);
     Ok(SceneRecord {
         messages: annotate(&record.messages)?,
         direct_messages: annotate(&record.direct_messages)?,

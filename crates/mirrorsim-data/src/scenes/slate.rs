@@ -11,9 +11,9 @@ use crate::catalog::Catalog;
 use crate::error::DataError;
 use crate::scenes::negatives::UserIndex;
 use crate::scenes::render::{
-    format_rating, item_details, labels, rating_scale, relative_time, shorten_review, with_rank,
-    Attribute, ChatMessage, HistoryView, ItemStats, OptionView, PromptSet, SceneView, SystemView,
-    UserPromptView, UserView,
+    annotate_messages, format_rating, item_details, labels, rating_scale, relative_time,
+    shorten_review, with_rank, Attribute, ChatMessage, HistoryView, ItemStats, OptionView,
+    PromptSet, SceneView, SystemView, UserPromptView, UserView,
 };
 use crate::scenes::split::history_before;
 use crate::scenes::MAX_OPTIONS;
@@ -88,6 +88,20 @@ pub struct SlatePrompt {
     pub direct_messages: Vec<ChatMessage>,
 }
 
+impl SlatePrompt {
+    /// The prompt with a note appended to some option lines of both prompts
+    /// (`[B] Title (…) — note`), as [`crate::scenes::render::annotate_options`] does for scenes;
+    /// `notes` has one entry per option.
+    pub fn annotated(&self, notes: &[Option<String>]) -> Result<SlatePrompt, DataError> {
+        let id = "(slate)";
+        Ok(SlatePrompt {
+            messages: annotate_messages(id, &self.labels, &self.messages, notes)?,
+            direct_messages: annotate_messages(id, &self.labels, &self.direct_messages, notes)?,
+            ..self.clone()
+        })
+    }
+}
+
 /// The rating-prediction prompt of one user and one chosen item.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RatingPrompt {
@@ -111,7 +125,7 @@ pub struct SlateCatalog {
     /// Per item, its rating count and mean as of the cutoff ([`Self::with_item_stats`]), and
     /// the count an option's rank among a slate's options is taken from.
     item_stats: Option<Vec<(String, u32)>>,
-    /// Option lines also show that rank ([`Self::with_item_stats_rank`]).
+    /// Option lines also show that rank ([`Self::with_ranked_item_stats`]).
     item_stats_rank: bool,
 }
 
@@ -182,11 +196,12 @@ impl SlateCatalog {
         self
     }
 
-    /// With [`Self::with_item_stats`], catalog options also show their rank by that count
-    /// among the slate's catalog options, as the scenes of `scenes --item-stats-rank` do.
-    pub fn with_item_stats_rank(mut self) -> Self {
-        self.item_stats_rank = true;
-        self
+    /// [`Self::with_item_stats`], and catalog options also show their rank by that count among
+    /// the slate's catalog options, as the scenes of `scenes --item-stats-rank` do.
+    pub fn with_ranked_item_stats(self, cutoff: Option<i64>) -> Self {
+        let mut ranked = self.with_item_stats(cutoff);
+        ranked.item_stats_rank = true;
+        ranked
     }
 
     /// Each option's stats as its line shows them: with ranks, those of catalog items (the
@@ -580,8 +595,7 @@ mod tests {
         let ranked_record = ranked_renderer.render(&scene, &index).unwrap();
         let ranked_slates = SlateCatalog::new(catalog.clone(), PromptSet::embedded().unwrap(), 2)
             .unwrap()
-            .with_item_stats(Some(86_600))
-            .with_item_stats_rank();
+            .with_ranked_item_stats(Some(86_600));
         let ranked_prompt = slate_of(&ranked_slates);
         assert_eq!(ranked_prompt.direct_messages, ranked_record.direct_messages);
         let text = &ranked_prompt.direct_messages[1].content;

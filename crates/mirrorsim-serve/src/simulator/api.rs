@@ -221,6 +221,9 @@ pub struct ModelInfo {
     pub adapter: Option<String>,
     /// The hybrid's prior; null for the plain LLM simulator.
     pub prior: Option<PriorInfo>,
+    /// The collaborative prior whose pick is written into every prompt (`serve --hint-prior`),
+    /// e.g. "ease"; null when prompts carry no hint.
+    pub hint_prior: Option<String>,
     /// The mirrorsim version serving.
     pub version: String,
     pub catalog: CatalogInfo,

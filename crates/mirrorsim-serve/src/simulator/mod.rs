@@ -109,6 +109,7 @@ impl SimulatorService {
             model: self.simulator.model_id(),
             adapter: self.description.adapter.clone(),
             prior: self.description.prior.clone(),
+            hint_prior: self.simulator.hint().map(|h| h.kind.name().to_owned()),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             catalog: CatalogInfo {
                 name: catalog.name.clone(),

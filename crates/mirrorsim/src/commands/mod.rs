@@ -5,6 +5,7 @@ pub mod demo;
 pub mod distill;
 pub mod eval;
 pub mod export;
+pub mod hint;
 pub mod model_arg;
 pub mod report;
 pub mod run;

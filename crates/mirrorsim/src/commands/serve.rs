@@ -12,7 +12,7 @@ use mirrorsim_data::scenes::slate::SlateCatalog;
 use mirrorsim_data::scenes::PromptSet;
 use mirrorsim_data::{read_source, ReadOptions, SourceSpec};
 use mirrorsim_eval::hybrid::read_hybrid_file;
-use mirrorsim_eval::slate::{SlatePrior, SlateSimulator};
+use mirrorsim_eval::slate::{SlateHint, SlatePrior, SlateSimulator};
 use mirrorsim_eval::{BaselineConfig, BaselineKind, FittedBaselines};
 use mirrorsim_llm::Backend;
 use mirrorsim_serve::simulator::api::PriorInfo;
@@ -39,6 +39,11 @@ pub struct ServeArgs {
     /// ease or popularity), fitted on the whole catalog; the weights come from --hybrid.
     #[arg(long, value_name = "KIND")]
     pub prior: Option<String>,
+    /// Write this collaborative prior's pick (knn, ease, popularity), fitted on the whole log,
+    /// into every slate's prompt, as `mirrorsim hint` writes it into scenes: for an adapter
+    /// trained on hinted scenes.
+    #[arg(long, value_name = "KIND")]
+    pub hint_prior: Option<String>,
     /// The hybrid.json `mirrorsim eval --prior KIND --validation-scenes …` wrote, or the folder
     /// holding it (DIR/hybrid.json, else DIR/eval/hybrid.json: a run directory works).
     #[arg(long, value_name = "FILE|DIR", requires = "prior")]
@@ -164,6 +169,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     let prior = args.prior.as_deref().map(parse_prior).transpose()?;
+    let hint_prior = args.hint_prior.as_deref().map(parse_prior).transpose()?;
     // Fail on a missing weights file before the slow loads.
     let hybrid_path = prior
         .map(|prior| hybrid_file(args.hybrid.as_deref(), prior))
@@ -200,7 +206,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // catalog for that long.
     let slate_catalog = SlateCatalog::new(catalog, prompts, args.history_len)?;
     let slate_catalog = match (args.item_stats, args.item_stats_rank) {
-        (true, true) => slate_catalog.with_item_stats(None).with_item_stats_rank(),
+        (true, true) => slate_catalog.with_ranked_item_stats(None),
         (true, false) => slate_catalog.with_item_stats(None),
         (false, _) => slate_catalog,
     };
@@ -254,6 +260,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             weights_file: path.display().to_string(),
         });
         simulator = simulator.with_prior(slate_prior);
+    }
+
+    if let Some(kind) = hint_prior {
+        let started = Instant::now();
+        // As the hybrid's prior: when serving, every logged interaction is the past.
+        let baselines = FittedBaselines::fit(
+            slate_catalog.catalog(),
+            None,
+            &BaselineConfig::default(),
+            kind == BaselineKind::Ease,
+        )
+        .with_context(|| format!("fitting the {kind} prior on {spec}"))?;
+        tracing::info!(
+            "hint: {kind} prior fitted in {:.1} s; its pick is written into every prompt",
+            started.elapsed().as_secs_f64()
+        );
+        simulator = simulator.with_hint(SlateHint { kind, baselines });
     }
 
     let service = SimulatorService {

@@ -12,7 +12,7 @@ use mirrorsim_data::scenes::slate::SlateCatalog;
 use mirrorsim_data::scenes::PromptSet;
 use mirrorsim_data::{read_source, Catalog, ItemIdx, ReadOptions, SourceSpec, UserIdx};
 use mirrorsim_eval::hybrid::{read_hybrid_file, HybridFile};
-use mirrorsim_eval::slate::{SlatePrior, SlateSimulator};
+use mirrorsim_eval::slate::{SlateHint, SlatePrior, SlateSimulator};
 use mirrorsim_eval::{BaselineConfig, BaselineKind, FittedBaselines, Mode};
 use mirrorsim_llm::Backend;
 use mirrorsim_loop::augment::sample_users;
@@ -49,6 +49,11 @@ pub struct SimulatorArgs {
     /// [default: OUT/hybrid.json].
     #[arg(long, value_name = "FILE")]
     pub hybrid: Option<PathBuf>,
+    /// Write this collaborative prior's pick (knn, ease, popularity), fitted before the cut,
+    /// into every page's prompt, as `mirrorsim hint` writes it into scenes: for an adapter
+    /// trained on hinted scenes.
+    #[arg(long, value_name = "KIND")]
+    pub hint_prior: Option<String>,
     /// direct: one forward per page; rationale: a generated rationale, then the choice.
     #[arg(long, default_value = "direct")]
     pub mode: String,
@@ -138,7 +143,7 @@ impl SimulatorArgs {
         let prompts = PromptSet::load(self.prompts.as_deref())?;
         let slates = SlateCatalog::new(catalog, prompts, self.history_len)?;
         Ok(match (self.item_stats, self.item_stats_rank) {
-            (true, true) => slates.with_item_stats(cutoff).with_item_stats_rank(),
+            (true, true) => slates.with_ranked_item_stats(cutoff),
             (true, false) => slates.with_item_stats(cutoff),
             (false, _) => slates,
         })
@@ -177,9 +182,32 @@ impl SimulatorArgs {
         Ok(Some((kind, file, path)))
     }
 
-    /// The simulator, as a hybrid when `hybrid` is given (its prior fitted on interactions
-    /// before `cutoff`), and a description of it.
+    /// The simulator, as a hybrid when `hybrid` is given and with --hint-prior's pick in its
+    /// prompts (priors fitted on interactions before `cutoff`), and a description of it.
     pub fn simulator<'c>(
+        &self,
+        slates: &'c SlateCatalog,
+        backend: Arc<dyn Backend>,
+        hybrid: Option<(BaselineKind, HybridFile, PathBuf)>,
+        cutoff: Option<i64>,
+    ) -> anyhow::Result<(SlateSimulator<'c>, String)> {
+        let (mut simulator, mut description) =
+            self.hybrid_simulator(slates, backend, hybrid, cutoff)?;
+        if let Some(name) = &self.hint_prior {
+            let kind = parse_prior(name)?;
+            let baselines = FittedBaselines::fit(
+                slates.catalog(),
+                cutoff,
+                &self.baseline_config(),
+                kind == BaselineKind::Ease,
+            )?;
+            simulator = simulator.with_hint(SlateHint { kind, baselines });
+            description.push_str(&format!(", with the {kind} prior's pick in the prompt"));
+        }
+        Ok((simulator, description))
+    }
+
+    fn hybrid_simulator<'c>(
         &self,
         slates: &'c SlateCatalog,
         backend: Arc<dyn Backend>,
