@@ -491,6 +491,22 @@ pub fn hinted_scenes(
     Ok(hint_scenes(fitted, prior, scenes)?.0)
 }
 
+/// Per option, `prior`'s note ([`prior_hint`]) on the one option whose score is strictly the
+/// highest, and that option's slot; a tied top score gets no note.
+pub fn hint_notes(prior: BaselineKind, scores: &[f64]) -> (Vec<Option<String>>, Option<usize>) {
+    let top = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let winners: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] == top).collect();
+    let mut notes = vec![None; scores.len()];
+    let winner = match winners[..] {
+        [winner] => Some(winner),
+        _ => None,
+    };
+    if let Some(winner) = winner {
+        notes[winner] = Some(prior_hint(prior).to_owned());
+    }
+    (notes, winner)
+}
+
 /// What [`hint_scenes`] did to a set of scenes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct HintCounts {
@@ -516,12 +532,8 @@ pub fn hint_scenes(
     let hinted = scenes
         .iter()
         .map(|scene| {
-            let scores = fitted.scores(prior, scene)?;
-            let top = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let winners: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] == top).collect();
-            let mut notes = vec![None; scores.len()];
-            if let [winner] = winners[..] {
-                notes[winner] = Some(prior_hint(prior).to_owned());
+            let (notes, winner) = hint_notes(prior, &fitted.scores(prior, scene)?);
+            if let Some(winner) = winner {
                 counts.hinted += 1;
                 counts.hint_on_answer += usize::from(winner == scene.answer);
             }

@@ -304,12 +304,9 @@ impl<'c> SlateSimulator<'c> {
         };
         let (options, history) = self.prior_inputs(request, &prompt);
         let scores = hint.baselines.scores_of(hint.kind, &options, &history)?;
-        let top = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let winners: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] == top).collect();
-        let mut notes = vec![None; prompt.item_ids.len()];
-        if let [winner] = winners[..] {
-            notes[winner] = Some(crate::hybrid::prior_hint(hint.kind).to_owned());
-        }
+        let (mut notes, _) = crate::hybrid::hint_notes(hint.kind, &scores);
+        // "None of these" has no collaborative score and never carries the hint.
+        notes.resize(prompt.item_ids.len(), None);
         Ok(prompt.annotated(&notes)?)
     }
 
