@@ -66,17 +66,12 @@ fn slates_from_eval_scenes_match_the_eval_and_rationales_replay() {
         assert_eq!(prompt.messages, scene.messages);
     }
     let outcomes = simulator.simulate(&requests).unwrap();
-    let eval = score_simulator(
-        &scenes,
-        engine.as_ref(),
-        &SimulatorConfig {
-            rotations: false,
-            agent4rec: false,
-            ..SimulatorConfig::default()
-        },
-        &[],
-    )
-    .unwrap();
+    let unrotated = SimulatorConfig {
+        rotations: false,
+        agent4rec: false,
+        ..SimulatorConfig::default()
+    };
+    let eval = score_simulator(&scenes, engine.as_ref(), &unrotated, &[]).unwrap();
     for (outcome, prediction) in outcomes.iter().zip(&eval.predictions) {
         assert_eq!(outcome.distribution.len(), 4);
         assert!((outcome.distribution.iter().sum::<f64>() - 1.0).abs() < 1e-6);
@@ -106,17 +101,7 @@ fn slates_from_eval_scenes_match_the_eval_and_rationales_replay() {
         assert_eq!(prompt.direct_messages, scene.direct_messages);
         assert_eq!(prompt.messages, scene.messages);
     }
-    let hinted_eval = score_simulator(
-        &hinted,
-        engine.as_ref(),
-        &SimulatorConfig {
-            rotations: false,
-            agent4rec: false,
-            ..SimulatorConfig::default()
-        },
-        &[],
-    )
-    .unwrap();
+    let hinted_eval = score_simulator(&hinted, engine.as_ref(), &unrotated, &[]).unwrap();
     for (outcome, prediction) in hinting
         .simulate(&requests)
         .unwrap()

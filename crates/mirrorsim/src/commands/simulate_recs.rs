@@ -195,16 +195,26 @@ impl SimulatorArgs {
             self.hybrid_simulator(slates, backend, hybrid, cutoff)?;
         if let Some(name) = &self.hint_prior {
             let kind = parse_prior(name)?;
-            let baselines = FittedBaselines::fit(
-                slates.catalog(),
-                cutoff,
-                &self.baseline_config(),
-                kind == BaselineKind::Ease,
-            )?;
+            let baselines = self.fit_prior(slates, kind, cutoff)?;
             simulator = simulator.with_hint(SlateHint { kind, baselines });
             description.push_str(&format!(", with the {kind} prior's pick in the prompt"));
         }
         Ok((simulator, description))
+    }
+
+    /// The baselines a prior of `kind` needs, fitted on the interactions before `cutoff`.
+    fn fit_prior<'c>(
+        &self,
+        slates: &'c SlateCatalog,
+        kind: BaselineKind,
+        cutoff: Option<i64>,
+    ) -> anyhow::Result<FittedBaselines<'c>> {
+        Ok(FittedBaselines::fit(
+            slates.catalog(),
+            cutoff,
+            &self.baseline_config(),
+            kind == BaselineKind::Ease,
+        )?)
     }
 
     fn hybrid_simulator<'c>(
@@ -226,12 +236,7 @@ impl SimulatorArgs {
                 file.model
             );
         }
-        let baselines = FittedBaselines::fit(
-            slates.catalog(),
-            cutoff,
-            &self.baseline_config(),
-            kind == BaselineKind::Ease,
-        )?;
+        let baselines = self.fit_prior(slates, kind, cutoff)?;
         let description = format!(
             "hybrid p_llm^{:.4} · p_{kind}^{:.4}, T = {:.4} (from {})",
             file.weights.llm_weight,
