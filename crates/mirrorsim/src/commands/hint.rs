@@ -164,28 +164,39 @@ pub fn run(args: HintArgs) -> anyhow::Result<()> {
         }
         let prior_cutoff = split.prior_cutoff();
         let (hinted, counts) = hint_scenes(&fit(prior_cutoff)?, args.prior, &split.scenes)?;
-        write_jsonl(&args.out.join("scenes.train.jsonl"), &hinted)?;
-        train_out = Some(TrainHint {
-            scenes_in: train.len(),
-            fraction: args.train_fraction,
-            boundary: split.boundary,
-            kept: SplitHint {
-                prior_cutoff,
-                counts,
+        train_out = Some((
+            hinted,
+            TrainHint {
+                scenes_in: train.len(),
+                fraction: args.train_fraction,
+                boundary: split.boundary,
+                kept: SplitHint {
+                    prior_cutoff,
+                    counts,
+                },
             },
-        });
+        ));
     }
     let mut eval_out = None;
     if let Some(eval) = &eval {
         let (hinted, counts) = hint_scenes(&fit(cutoff)?, args.prior, eval)?;
-        write_jsonl(&args.out.join("scenes.eval.jsonl"), &hinted)?;
-        eval_out = Some(SplitHint {
-            prior_cutoff: cutoff,
-            counts,
-        });
+        eval_out = Some((
+            hinted,
+            SplitHint {
+                prior_cutoff: cutoff,
+                counts,
+            },
+        ));
     }
+    // Nothing is written until both splits are hinted: a failure leaves no partial folder.
     // `mirrorsim eval` reads the cutoff from the summary beside the scenes.
     let summary = mirrorsim_data::io::read_all(&summary_path)?;
+    if let Some((hinted, _)) = &train_out {
+        write_jsonl(&args.out.join("scenes.train.jsonl"), hinted)?;
+    }
+    if let Some((hinted, _)) = &eval_out {
+        write_jsonl(&args.out.join("scenes.eval.jsonl"), hinted)?;
+    }
     write_atomic(&args.out.join("scenes.summary.json"), |w| {
         w.write_all(&summary)
     })?;
@@ -196,8 +207,8 @@ pub fn run(args: HintArgs) -> anyhow::Result<()> {
         catalog: args.catalog.clone(),
         scenes: args.scenes.display().to_string(),
         cutoff_timestamp: cutoff,
-        train: train_out,
-        eval: eval_out,
+        train: train_out.map(|(_, counts)| counts),
+        eval: eval_out.map(|(_, counts)| counts),
         seconds: started.elapsed().as_secs_f64(),
     };
     let text = serde_json::to_string_pretty(&report)?;
