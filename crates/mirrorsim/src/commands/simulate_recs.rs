@@ -149,9 +149,13 @@ impl SimulatorArgs {
         })
     }
 
-    /// The hybrid's prior and its fitted weights when --prior is given; checked before the
-    /// model is loaded so that a missing file fails fast.
+    /// The hybrid's prior and its fitted weights when --prior is given; checked (with
+    /// --hint-prior) before the model is loaded so that a bad flag or a missing file fails fast.
     pub fn hybrid_file(&self) -> anyhow::Result<Option<(BaselineKind, HybridFile, PathBuf)>> {
+        // --hint-prior is checked here too, before the slow loads.
+        if let Some(name) = &self.hint_prior {
+            parse_prior(name)?;
+        }
         let Some(name) = &self.prior else {
             if self.hybrid.is_some() {
                 bail!("--hybrid needs --prior KIND");
