@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # SmolLM2-135M trained to read a collaborative prior's pick in its prompt (FIDELITY.md, "A
-# simulator that reads EASE's pick"): ML-1M scenes (5 options, random negatives, and a second
-# eval set with popularity-weighted negatives) → `mirrorsim hint --prior ease` → behaviour-only
-# SFT on the hinted train scenes → the base and the SFT model on the hinted eval scenes, beside
-# the baselines on the same decisions.
+# simulator that reads EASE's pick" and "Two priors in the prompt"): ML-1M scenes (5 options,
+# random negatives, and a second eval set with popularity-weighted negatives) → `mirrorsim hint
+# --prior ease` (or PRIOR=ease,sequential) → behaviour-only SFT on the hinted train scenes → the
+# base and the SFT model on the hinted eval scenes, beside the baselines on the same decisions.
 #
 #   bench/fidelity/hint.sh        OUT (default /tmp/mirrorsim-hint), TRAIN_EXAMPLES (800),
 #                                 EVAL_SCENES (500), POP_EVAL_SCENES (200), HISTORY (6),
-#                                 MAX_LEN (512), PRIOR (ease), BIN (a prebuilt mirrorsim),
+#                                 MAX_LEN (512), PRIOR (ease; session 12: ease,sequential
+#                                 with TRAIN_EXAMPLES=1000), BIN (a prebuilt mirrorsim),
 #                                 SKIP_BASE=1 (leave out the base model's hinted evaluations)
 #
 # Train scenes come from the last 10 % of the pre-cutoff period (about 2,000 of 20,000 sampled);
@@ -40,24 +41,14 @@ stamp "scenes (popularity negatives)"
     --max-train 0 --max-eval "$pop_eval_scenes" --eval-options 5 --history "$history" \
     --negatives popularity=1 > /dev/null
 stamp "hint ($prior)"
+# --sft-examples: behaviour-only SFT, the hinted prompt with the real choice as the reply.
 "$bin" --log warn hint --scenes "$out/scenes" --prior "$prior" --catalog "recbole:$data" \
-    --out "$out/hinted"
+    --sft-examples "$train_examples" --out "$out/hinted"
 "$bin" --log warn hint --scenes "$out/scenes-popularity" --prior "$prior" \
     --catalog "recbole:$data" --out "$out/hinted-popularity"
 
-# Behaviour-only SFT: the hinted prompt, the real choice as the reply.
-python3 - "$out/hinted/scenes.train.jsonl" "$out/sft.jsonl" "$train_examples" <<'PY'
-import json, sys
-scenes, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-with open(scenes) as f, open(out, "w") as sft:
-    for line in list(f)[:n]:
-        s = json.loads(line)
-        reply = {"role": "assistant", "content": f"Behavior: [{s['labels'][s['answer']]}]"}
-        sft.write(json.dumps({"messages": s["direct_messages"] + [reply]}) + "\n")
-PY
-
 stamp "train sft"
-"$bin" --log warn train sft --model default --data "$out/sft.jsonl" --out "$out/train" \
+"$bin" --log warn train sft --model default --data "$out/hinted/sft.jsonl" --out "$out/train" \
     --lr 1e-3 --micro-batch 1 --grad-accum 8 --max-len "$max_len" --eval-fraction 0.05 \
     --eval-every 12 --save-every 12
 

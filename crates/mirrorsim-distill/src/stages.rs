@@ -678,6 +678,27 @@ fn assistant(content: String) -> SceneMessage {
     SceneMessage::new("assistant", content)
 }
 
+fn answer_label(scene: &SceneRecord) -> Result<&str, DistillError> {
+    scene
+        .labels
+        .get(scene.answer)
+        .map(String::as_str)
+        .ok_or_else(|| {
+            DistillError::Config(format!(
+                "scene `{}`: answer slot {} has no label",
+                scene.id, scene.answer
+            ))
+        })
+}
+
+/// The behaviour-only SFT example of a scene: its direct prompt and the real choice as the
+/// reply, `Behavior: [X]` (what `distill` writes to `direct.jsonl` for the kept scenes).
+pub fn behaviour_example(scene: &SceneRecord) -> Result<ChatExample, DistillError> {
+    let mut messages = scene.direct_messages.clone();
+    messages.push(assistant(format!("Behavior: [{}]", answer_label(scene)?)));
+    Ok(ChatExample { messages })
+}
+
 /// Applies the definitions to every scene, ranks the candidates and keeps the stratified top-K.
 pub fn distill(
     scenes: &[SceneRecord],
@@ -725,12 +746,7 @@ pub fn distill(
     for &position in &selection.kept {
         kept_flags[position] = true;
         let (uncertainty, scene) = &candidates[position];
-        let answer_label = scene.labels.get(scene.answer).ok_or_else(|| {
-            DistillError::Config(format!(
-                "scene `{}`: answer slot {} has no label",
-                scene.id, scene.answer
-            ))
-        })?;
+        let answer_label = answer_label(scene)?;
         let rationale = |role: Role, index: usize| {
             texts
                 .get(&(scene.id.as_str(), role, index))
@@ -770,11 +786,7 @@ pub fn distill(
             chosen: vec![assistant(chosen_text)],
             rejected: vec![assistant(rejected_text)],
         });
-        let mut direct_messages = scene.direct_messages.clone();
-        direct_messages.push(assistant(format!("Behavior: [{answer_label}]")));
-        direct.push(ChatExample {
-            messages: direct_messages,
-        });
+        direct.push(behaviour_example(scene)?);
     }
 
     let mut rank_of = vec![0usize; candidates.len()];

@@ -477,6 +477,7 @@ pub fn prior_hint(kind: BaselineKind) -> &'static str {
         BaselineKind::Ease => "what people with your taste chose next",
         BaselineKind::Popularity => "popular with many people",
         BaselineKind::Random => "picked at random",
+        BaselineKind::Sequential => "what people often picked right after your latest picks",
     }
 }
 
@@ -488,55 +489,101 @@ pub fn hinted_scenes(
     prior: BaselineKind,
     scenes: &[SceneRecord],
 ) -> Result<Vec<SceneRecord>, EvalError> {
-    Ok(hint_scenes(fitted, prior, scenes)?.0)
+    Ok(hint_scenes(fitted, &[prior], scenes)?.0)
 }
 
-/// Per option, `prior`'s note ([`prior_hint`]) on the one option whose score is strictly the
-/// highest, and that option's slot; a tied top score gets no note.
-pub fn hint_notes(prior: BaselineKind, scores: &[f64]) -> (Vec<Option<String>>, Option<usize>) {
-    let top = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let winners: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] == top).collect();
-    let mut notes = vec![None; scores.len()];
-    let winner = match winners[..] {
-        [winner] => Some(winner),
-        _ => None,
-    };
-    if let Some(winner) = winner {
-        notes[winner] = Some(prior_hint(prior).to_owned());
-    }
-    (notes, winner)
+/// Per option, the notes ([`prior_hint`]) of the priors that score it strictly highest, joined
+/// by "; " in the order of `priors`, and per prior the slot it hints at (`None` on a tied top
+/// score). `scores[p]` are the scores of `priors[p]`.
+pub fn hint_notes(
+    priors: &[BaselineKind],
+    scores: &[Vec<f64>],
+) -> (Vec<Option<String>>, Vec<Option<usize>>) {
+    let options = scores.first().map_or(0, Vec::len);
+    let mut notes: Vec<Option<String>> = vec![None; options];
+    let winners: Vec<Option<usize>> = priors
+        .iter()
+        .zip(scores)
+        .map(|(&prior, scores)| {
+            let top = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let tops: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] == top).collect();
+            let [winner] = tops[..] else {
+                return None;
+            };
+            let note = &mut notes[winner];
+            *note = Some(match note.take() {
+                Some(earlier) => format!("{earlier}; {}", prior_hint(prior)),
+                None => prior_hint(prior).to_owned(),
+            });
+            Some(winner)
+        })
+        .collect();
+    (notes, winners)
 }
 
-/// What [`hint_scenes`] did to a set of scenes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct HintCounts {
-    pub scenes: usize,
-    /// Scenes whose top prior score is held by one option, which carries the hint.
+/// One prior's share of what [`hint_scenes`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriorHintCounts {
+    pub prior: BaselineKind,
+    /// Scenes whose top score under this prior is held by one option, which carries its note.
     pub hinted: usize,
-    /// Hinted scenes whose hint is on the real choice: the most a simulator that follows the
-    /// hint can get right.
+    /// … and of those, the scenes where that option is the real choice: the accuracy of a
+    /// simulator that always follows this prior's hint.
     pub hint_on_answer: usize,
 }
 
-/// [`hinted_scenes`] with the counts a user needs to judge the hint: how many scenes carry one
-/// and how often it points at the real choice.
+/// What [`hint_scenes`] did to a set of scenes.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HintCounts {
+    pub scenes: usize,
+    /// Scenes that carry at least one hint.
+    pub hinted: usize,
+    /// Scenes where some hint is on the real choice: the most a simulator that follows one of
+    /// the hints can get right.
+    pub hint_on_answer: usize,
+    /// With several priors: scenes where every prior hints, all at the same option.
+    pub hints_agree: usize,
+    pub by_prior: Vec<PriorHintCounts>,
+}
+
+/// [`hinted_scenes`] for one or more priors, with the counts a user needs to judge the hints:
+/// how many scenes carry one and how often each points at the real choice.
 pub fn hint_scenes(
     fitted: &FittedBaselines<'_>,
-    prior: BaselineKind,
+    priors: &[BaselineKind],
     scenes: &[SceneRecord],
 ) -> Result<(Vec<SceneRecord>, HintCounts), EvalError> {
     let mut counts = HintCounts {
         scenes: scenes.len(),
+        by_prior: priors
+            .iter()
+            .map(|&prior| PriorHintCounts {
+                prior,
+                hinted: 0,
+                hint_on_answer: 0,
+            })
+            .collect(),
         ..HintCounts::default()
     };
     let hinted = scenes
         .iter()
         .map(|scene| {
-            let (notes, winner) = hint_notes(prior, &fitted.scores(prior, scene)?);
-            if let Some(winner) = winner {
-                counts.hinted += 1;
-                counts.hint_on_answer += usize::from(winner == scene.answer);
+            let scores = priors
+                .iter()
+                .map(|&prior| fitted.scores(prior, scene))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (notes, winners) = hint_notes(priors, &scores);
+            for (count, winner) in counts.by_prior.iter_mut().zip(&winners) {
+                if let Some(winner) = winner {
+                    count.hinted += 1;
+                    count.hint_on_answer += usize::from(*winner == scene.answer);
+                }
             }
+            counts.hinted += usize::from(winners.iter().any(Option::is_some));
+            counts.hint_on_answer += usize::from(winners.contains(&Some(scene.answer)));
+            counts.hints_agree += usize::from(
+                winners.iter().all(|w| w.is_some() && *w == winners[0]) && winners.len() > 1,
+            );
             Ok(annotate_options(scene, &notes)?)
         })
         .collect::<Result<Vec<_>, EvalError>>()?;

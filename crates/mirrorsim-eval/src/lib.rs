@@ -3,7 +3,8 @@
 //!
 //! - [`metrics`]: accuracy (argmax and sampled) with Wilson intervals, NLL, Brier, ECE with a
 //!   reliability table, breakdowns, position bias from option rotations, Agent4Rec yes/no.
-//! - [`baselines`]: random, popularity, item-kNN and EASE, each a distribution over options.
+//! - [`baselines`]: random, popularity, item-kNN, EASE and sequential, each a distribution over
+//!   options.
 //! - [`simulate`]: scoring a simulator through any `Backend` (direct or rationale mode).
 //! - [`slate`]: the simulator facing arbitrary slates (the service, recommender-in-the-loop).
 //! - [`hybrid`]: the LLM's distribution times a collaborative prior, fitted on validation.

@@ -87,11 +87,21 @@ pub struct SlatePrior<'c> {
     pub baselines: FittedBaselines<'c>,
 }
 
-/// A collaborative prior whose pick is written into the prompt, as `mirrorsim hint` writes it
-/// into scenes: for an adapter trained on hinted scenes.
+/// Collaborative priors whose picks are written into the prompt, as `mirrorsim hint` writes
+/// them into scenes: for an adapter trained on hinted scenes.
 pub struct SlateHint<'c> {
-    pub kind: BaselineKind,
+    /// One or more priors, in the order their notes are joined.
+    pub kinds: Vec<BaselineKind>,
     pub baselines: FittedBaselines<'c>,
+}
+
+/// What a collaborative prior scores for one slate.
+struct PriorInputs {
+    options: Vec<Option<ItemIdx>>,
+    /// Distinct, sorted.
+    history: Vec<ItemIdx>,
+    /// Time order, oldest first.
+    recent: Vec<ItemIdx>,
 }
 
 /// The LLM simulator (optionally a hybrid) over a catalog.
@@ -302,27 +312,27 @@ impl<'c> SlateSimulator<'c> {
         let Some(hint) = &self.hint else {
             return Ok(prompt);
         };
-        let (options, history) = self.prior_inputs(request, &prompt);
-        let scores = hint.baselines.scores_of(hint.kind, &options, &history)?;
-        let (mut notes, _) = crate::hybrid::hint_notes(hint.kind, &scores);
+        let scores = hint
+            .kinds
+            .iter()
+            .map(|&kind| self.prior_scores(&hint.baselines, kind, request, &prompt))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (mut notes, _) = crate::hybrid::hint_notes(&hint.kinds, &scores);
         // "None of these" has no collaborative score and never carries the hint.
         notes.resize(prompt.item_ids.len(), None);
         Ok(prompt.annotated(&notes)?)
     }
 
-    /// The slate's items as catalog indices (`None` outside the catalog, and no "none of
-    /// these") and the user's distinct earlier catalog items, sorted: what a prior scores.
-    fn prior_inputs(
-        &self,
-        request: &SlateRequest,
-        prompt: &SlatePrompt,
-    ) -> (Vec<Option<ItemIdx>>, Vec<ItemIdx>) {
+    /// What a prior scores: the slate's items as catalog indices (`None` outside the catalog,
+    /// and no "none of these"), the user's distinct earlier catalog items (sorted) and their
+    /// earlier catalog items in time order.
+    fn prior_inputs(&self, request: &SlateRequest, prompt: &SlatePrompt) -> PriorInputs {
         let catalog = self.catalog.catalog();
         let options: Vec<Option<ItemIdx>> = prompt.item_ids[..request.items.len()]
             .iter()
             .map(|id| catalog.item_idx(id))
             .collect();
-        let mut history: Vec<ItemIdx> = if request.user.earlier_items.is_empty() {
+        let recent: Vec<ItemIdx> = if request.user.earlier_items.is_empty() {
             request
                 .user
                 .history
@@ -337,9 +347,25 @@ impl<'c> SlateSimulator<'c> {
                 .filter_map(|id| catalog.item_idx(id))
                 .collect()
         };
+        let mut history = recent.clone();
         history.sort_unstable();
         history.dedup();
-        (options, history)
+        PriorInputs {
+            options,
+            history,
+            recent,
+        }
+    }
+
+    fn prior_scores(
+        &self,
+        baselines: &FittedBaselines<'_>,
+        kind: BaselineKind,
+        request: &SlateRequest,
+        prompt: &SlatePrompt,
+    ) -> Result<Vec<f64>, EvalError> {
+        let inputs = self.prior_inputs(request, prompt);
+        baselines.scores_of(kind, &inputs.options, &inputs.history, &inputs.recent)
     }
 
     /// The hybrid's distribution over the options when a prior is set, else `llm` itself.
@@ -353,8 +379,7 @@ impl<'c> SlateSimulator<'c> {
             return Ok(llm.to_vec());
         };
         let items = request.items.len();
-        let (options, history) = self.prior_inputs(request, prompt);
-        let scores = prior.baselines.scores_of(prior.kind, &options, &history)?;
+        let scores = self.prior_scores(&prior.baselines, prior.kind, request, prompt)?;
         let none_mass = if prompt.item_ids.len() > items {
             llm[items]
         } else {

@@ -386,3 +386,89 @@ fn baselines_on_a_tiny_matrix() {
         vec![BaselineKind::Knn, BaselineKind::Ease]
     );
 }
+
+#[test]
+fn sequential_prior_on_a_tiny_log() {
+    let catalog = tiny_catalog();
+    let idx = |id: &str| catalog.item_idx(id).unwrap();
+    let fit = |cutoff: Option<i64>, window: usize, recent: usize| {
+        let config = BaselineConfig {
+            sequential_window: window,
+            sequential_recent: recent,
+            ..BaselineConfig::default()
+        };
+        FittedBaselines::fit(&catalog, cutoff, &config, false).unwrap()
+    };
+    // Before t = 100 the sequences are u1: a b; u2: a b c; u3: b c. A pair `d` steps apart
+    // weighs 1/d: F[a,b] = 1 + 1, F[a,c] = 1/2 (u2), F[b,c] = 1 + 1; nothing follows c.
+    let fitted = fit(Some(100), 20, 20);
+    let follows = |f: &FittedBaselines<'_>, a: &str, b: &str| f.follow_weight(idx(a), idx(b));
+    assert!(close(follows(&fitted, "a", "b"), 2.0, 1e-12));
+    assert!(close(follows(&fitted, "a", "c"), 0.5, 1e-12));
+    assert!(close(follows(&fitted, "b", "c"), 2.0, 1e-12));
+    assert_eq!(follows(&fitted, "b", "a"), 0.0, "order matters");
+    assert_eq!(
+        follows(&fitted, "c", "d"),
+        0.0,
+        "u2 took d after the cutoff"
+    );
+
+    // u1 decides at t = 100 between d and c after a then b: with row sums a 2.5, b 2,
+    // c = ln(ε + F[b,c] / (1 · (1 + 2)) + F[a,c] / (2 · (1 + 2.5))) = ln(ε + 2/3 + 1/14).
+    let eps = mirrorsim_eval::baselines::SEQUENTIAL_FLOOR;
+    let s = scene("s", "u1", &["d", "c"], 1, 100);
+    let scores = fitted.scores(BaselineKind::Sequential, &s).unwrap();
+    assert_eq!(scores[0], eps.ln());
+    let followed = 2.0 / 3.0 + 1.0 / 14.0;
+    assert!(close(scores[1], (eps + followed).ln(), 1e-12), "{scores:?}");
+    // At T = 1 the distribution is proportional to ε + the sum.
+    let p = fitted.distribution(BaselineKind::Sequential, &s).unwrap();
+    assert!(
+        close(p[1], (eps + followed) / (2.0 * eps + followed), 1e-12),
+        "{p:?}"
+    );
+    // Only the latest choice: 2/3.
+    let latest = fit(Some(100), 20, 1)
+        .scores(BaselineKind::Sequential, &s)
+        .unwrap();
+    assert!(
+        close(latest[1], (eps + 2.0 / 3.0).ln(), 1e-12),
+        "{latest:?}"
+    );
+    // A window of 1 drops a→c (two steps apart); a's row sum becomes 2.
+    let adjacent = fit(Some(100), 1, 20);
+    assert_eq!(follows(&adjacent, "a", "c"), 0.0);
+    let adjacent = adjacent.scores(BaselineKind::Sequential, &s).unwrap();
+    assert!(
+        close(adjacent[1], (eps + 2.0 / 3.0).ln(), 1e-12),
+        "{adjacent:?}"
+    );
+    // u3 at t = 150 after b then c: nothing followed either by a or d, a tie.
+    let s3 = scene("s3", "u3", &["a", "d"], 0, 150);
+    assert_eq!(
+        fitted.scores(BaselineKind::Sequential, &s3).unwrap(),
+        vec![eps.ln(); 2]
+    );
+
+    // Without a cutoff the later choices count too: u1 a b c adds 1/2 to F[a,c] and 1 to
+    // F[b,c]; u2 … c d and u3 … c a give F[c,d] = F[c,a] = 1.
+    let all = fit(None, 20, 20);
+    assert!(close(follows(&all, "a", "c"), 1.0, 1e-12));
+    assert!(close(follows(&all, "b", "c"), 3.0, 1e-12));
+    assert!(close(follows(&all, "c", "d"), 1.0, 1e-12));
+    assert!(close(follows(&all, "c", "a"), 1.0, 1e-12));
+
+    let zero = BaselineConfig {
+        sequential_window: 0,
+        ..BaselineConfig::default()
+    };
+    let err = FittedBaselines::fit(&catalog, None, &zero, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("window"), "{err}");
+    assert_eq!(
+        BaselineKind::parse_list("sequential").unwrap(),
+        vec![BaselineKind::Sequential]
+    );
+}

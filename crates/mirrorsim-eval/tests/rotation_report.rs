@@ -163,9 +163,12 @@ fn report_numbers_equal_metrics_json() {
     let dir = tempfile::tempdir().unwrap();
     let paths = write_outputs(dir.path(), &metrics, &lines).unwrap();
     let read_back = read_metrics(&paths.metrics).unwrap();
-    assert_eq!(read_back.predictors.len(), 4);
+    assert_eq!(read_back.predictors.len(), BaselineKind::ALL.len());
     let predictions_text = std::fs::read_to_string(&paths.predictions).unwrap();
-    assert_eq!(predictions_text.lines().count(), 4 * scenes.len());
+    assert_eq!(
+        predictions_text.lines().count(),
+        BaselineKind::ALL.len() * scenes.len()
+    );
 
     let train = dir.path().join("train").join("sft");
     std::fs::create_dir_all(&train).unwrap();

@@ -86,15 +86,20 @@ fn slates_from_eval_scenes_match_the_eval_and_rationales_replay() {
         assert_eq!(outcome.samples.len(), 3);
     }
 
-    // With a hint, a slate gets the prompt `mirrorsim hint` writes into the scene of the same
-    // decision (item-kNN's pick depends on the user's history, so both must use the same one)
-    // and the eval's distribution on that hinted scene.
-    let knn = || FittedBaselines::fit(slates.catalog(), cutoff, &BaselineConfig::default(), false);
-    let (hinted, counts) = hint_scenes(&knn().unwrap(), BaselineKind::Knn, &scenes).unwrap();
-    assert!(counts.hinted > 0, "{counts:?}");
+    // With hints, a slate gets the prompt `mirrorsim hint` writes into the scene of the same
+    // decision and the eval's distribution on that hinted scene. Item-kNN's pick depends on the
+    // user's history and the sequential prior's on its order, so both must use the same one.
+    let priors = [BaselineKind::Knn, BaselineKind::Sequential];
+    let fit_priors =
+        || FittedBaselines::fit(slates.catalog(), cutoff, &BaselineConfig::default(), false);
+    let (hinted, counts) = hint_scenes(&fit_priors().unwrap(), &priors, &scenes).unwrap();
+    assert!(
+        counts.by_prior.iter().all(|p| p.hinted > 0),
+        "every prior hints somewhere: {counts:?}"
+    );
     let hinting = SlateSimulator::new(&slates, engine.clone()).with_hint(SlateHint {
-        kind: BaselineKind::Knn,
-        baselines: knn().unwrap(),
+        kinds: priors.to_vec(),
+        baselines: fit_priors().unwrap(),
     });
     for (scene, request) in hinted.iter().zip(&requests) {
         let prompt = hinting.prompt(request).unwrap();

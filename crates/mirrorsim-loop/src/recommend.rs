@@ -58,7 +58,8 @@ pub fn top_k(
     k: usize,
 ) -> Result<Vec<ItemIdx>, LoopError> {
     let options: Vec<Option<ItemIdx>> = (0..item_count as ItemIdx).map(Some).collect();
-    let scores = fitted.scores_of(kind, &options, history)?;
+    // The built-in recommenders (BUILTIN_KINDS) read no order, so no recent choices.
+    let scores = fitted.scores_of(kind, &options, history, &[])?;
     let mut candidates: Vec<ItemIdx> = (0..item_count as ItemIdx)
         .filter(|item| history.binary_search(item).is_err())
         .collect();

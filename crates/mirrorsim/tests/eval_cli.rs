@@ -1,5 +1,5 @@
 //! `mirrorsim eval` end to end with the real default model (SmolLM2-135M) on 10 eval scenes of
-//! the embedded ml-latest-small in direct mode, beside all four baselines; a second run is
+//! the embedded ml-latest-small in direct mode, beside all five baselines; a second run is
 //! answered entirely from the journal and gives the same metrics; option rotations on 3 scenes
 //! reuse the journaled unrotated scores; `mirrorsim report` compares two runs. Rotations are
 //! kept to 3 scenes because each costs k more forwards on a 2-core machine.
@@ -91,9 +91,12 @@ fn eval_scores_the_real_model_beside_baselines_and_resumes() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names.len(), 5);
+    assert_eq!(names.len(), 6);
     assert!(names[0].ends_with("(direct)") && names[0].contains("SmolLM2"));
-    assert_eq!(&names[1..], ["random", "popularity", "knn", "ease"]);
+    assert_eq!(
+        &names[1..],
+        ["random", "popularity", "knn", "ease", "sequential"]
+    );
     let simulator = &predictors[0]["metrics"];
     assert_eq!(simulator["scenes"], 10);
     let accuracy = simulator["accuracy"].as_f64().unwrap();
@@ -114,13 +117,13 @@ fn eval_scores_the_real_model_beside_baselines_and_resumes() {
     assert_eq!(first["llm_requests_sent"].as_u64().unwrap(), 10 + users);
     assert_eq!(first["llm_requests_from_journal"], 0);
 
-    // predictions.jsonl: 10 scenes × 5 predictors.
+    // predictions.jsonl: 10 scenes × 6 predictors.
     let predictions = std::fs::read_to_string(out.join("predictions.jsonl")).unwrap();
     let lines: Vec<Value> = predictions
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 50);
+    assert_eq!(lines.len(), 60);
     for line in &lines[..10] {
         let distribution = line["distribution"].as_array().unwrap();
         assert_eq!(distribution.len(), 5);

@@ -169,6 +169,8 @@ fn hint_marks_the_popularity_pick_fitted_before_each_split() {
             "popularity",
             "--train-fraction",
             "0.3",
+            "--sft-examples",
+            "5",
             "--json",
             "--scenes",
         ],
@@ -178,7 +180,11 @@ fn hint_marks_the_popularity_pick_fitted_before_each_split() {
     let on_disk: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("hint.json")).unwrap()).unwrap();
     assert_eq!(report, on_disk);
-    assert_eq!(report["hint"], "popular with many people");
+    assert_eq!(report["priors"], serde_json::json!(["popularity"]));
+    assert_eq!(
+        report["hints"],
+        serde_json::json!(["popular with many people"])
+    );
 
     let summary: Value =
         serde_json::from_str(&std::fs::read_to_string(scenes.join("scenes.summary.json")).unwrap())
@@ -231,7 +237,29 @@ fn hint_marks_the_popularity_pick_fitted_before_each_split() {
         ),
         (hinted, on_answer)
     );
+    assert_eq!(t["by_prior"][0]["prior"], "popularity");
+    assert_eq!(t["by_prior"][0]["hinted"], t["hinted"]);
+    assert_eq!(t["by_prior"][0]["hint_on_answer"], t["hint_on_answer"]);
     assert!(hinted > 0 && on_answer > 0);
+    // sft.jsonl: the first 5 hinted train scenes, their direct prompt and the real choice.
+    let sft: Vec<Value> = std::fs::read_to_string(out.join("sft.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(sft.len(), 5);
+    assert_eq!(report["sft_examples"], 5);
+    for (example, scene) in sft.iter().zip(&train) {
+        let mut expected = scene["direct_messages"].as_array().unwrap().clone();
+        let label = scene["labels"][scene["answer"].as_u64().unwrap() as usize]
+            .as_str()
+            .unwrap();
+        expected.push(serde_json::json!({
+            "role": "assistant",
+            "content": format!("Behavior: [{label}]")
+        }));
+        assert_eq!(example["messages"], Value::Array(expected));
+    }
 
     // Eval: every scene, hinted by the prior fitted before the cutoff.
     let plain_eval = read_scenes(&scenes.join("scenes.eval.jsonl"));
@@ -285,14 +313,18 @@ fn hint_refuses_a_folder_without_scenes_and_writes_nothing() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("--prior takes one of knn, ease, popularity"),
+        stderr.contains("a hint takes one or more of knn, ease, popularity, sequential"),
         "{stderr}"
     );
 }
 
-/// `scenes --max-train 0` leaves an empty train file: only the eval scenes are hinted.
+/// `scenes --max-train 0` leaves an empty train file: only the eval scenes are hinted. Two
+/// priors: each pick carries its own note, an option both pick carries both, and hint.json
+/// counts each prior's hints as the scenes show them.
 #[test]
 fn hint_of_an_eval_only_folder_writes_only_eval_scenes() {
+    const EASE: &str = "what people with your taste chose next";
+    const SEQUENTIAL: &str = "what people often picked right after your latest picks";
     let dir = tempfile::tempdir().unwrap();
     let scenes = dir.path().join("scenes");
     succeed(
@@ -303,7 +335,7 @@ fn hint_of_an_eval_only_folder_writes_only_eval_scenes() {
             "--max-train",
             "0",
             "--max-eval",
-            "20",
+            "60",
             "--out",
         ],
         &[&scenes],
@@ -314,6 +346,8 @@ fn hint_of_an_eval_only_folder_writes_only_eval_scenes() {
             "hint",
             "--catalog",
             "movielens:../../data/ml-latest-small",
+            "--prior",
+            "ease,sequential",
             // EASE on the 300 most interacted items: its dense inverse is slow in a test build.
             "--ease-max-items",
             "300",
@@ -323,10 +357,96 @@ fn hint_of_an_eval_only_folder_writes_only_eval_scenes() {
         &[&scenes, Path::new("--out"), &out],
     );
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(report["prior"], "ease");
-    assert_eq!(report["hint"], "what people with your taste chose next");
+    assert_eq!(report["priors"], serde_json::json!(["ease", "sequential"]));
+    assert_eq!(report["hints"], serde_json::json!([EASE, SEQUENTIAL]));
+    assert_eq!(report["config"]["sequential_window"], 20);
     assert!(report["train"].is_null());
-    assert_eq!(report["eval"]["scenes"], 20);
     assert!(!out.join("scenes.train.jsonl").exists());
-    assert_eq!(read_scenes(&out.join("scenes.eval.jsonl")).len(), 20);
+    let plain = read_scenes(&scenes.join("scenes.eval.jsonl"));
+    let eval = read_scenes(&out.join("scenes.eval.jsonl"));
+    assert_eq!(eval.len(), 60);
+
+    // Per prior (hinted, on the answer), and scenes with any hint, some hint on the answer,
+    // both hints on one option: recounted from the prompts.
+    let mut per_prior = [(0, 0); 2];
+    let (mut any, mut some_on_answer, mut agree) = (0, 0, 0);
+    for (scene, twin) in eval.iter().zip(&plain) {
+        let text = user_text(scene);
+        let mut unnoted = text.clone();
+        let mut slots = [None; 2];
+        for (line_no, line) in text.lines().filter(|l| l.starts_with('[')).enumerate() {
+            for (p, note) in [EASE, SEQUENTIAL].iter().enumerate() {
+                if line.contains(note) {
+                    assert!(slots[p].is_none(), "one note per prior: {text}");
+                    slots[p] = Some(line_no);
+                }
+            }
+        }
+        for suffix in [
+            format!(" — {EASE}; {SEQUENTIAL}"),
+            format!(" — {EASE}"),
+            format!(" — {SEQUENTIAL}"),
+        ] {
+            unnoted = unnoted.replace(&suffix, "");
+        }
+        assert_eq!(unnoted, user_text(twin), "only the notes change");
+        let answer = scene["answer"].as_u64().unwrap() as usize;
+        for (p, slot) in slots.iter().enumerate() {
+            if let Some(slot) = slot {
+                per_prior[p].0 += 1;
+                per_prior[p].1 += usize::from(*slot == answer);
+            }
+        }
+        any += usize::from(slots.iter().any(Option::is_some));
+        some_on_answer += usize::from(slots.contains(&Some(answer)));
+        if slots[0].is_some() && slots[0] == slots[1] {
+            agree += 1;
+            assert!(text.contains(&format!(" — {EASE}; {SEQUENTIAL}")), "{text}");
+        }
+    }
+    let e = &report["eval"];
+    assert_eq!(e["scenes"], 60);
+    assert_eq!(
+        (
+            e["hinted"].clone(),
+            e["hint_on_answer"].clone(),
+            e["hints_agree"].clone()
+        ),
+        (any.into(), some_on_answer.into(), agree.into())
+    );
+    for (p, (hinted, on_answer)) in per_prior.into_iter().enumerate() {
+        let counts = &e["by_prior"][p];
+        assert_eq!(
+            (counts["hinted"].clone(), counts["hint_on_answer"].clone()),
+            (hinted.into(), on_answer.into())
+        );
+        assert!(hinted > 0, "prior {p} hints somewhere");
+    }
+    assert!(
+        agree > 0 && agree < 60,
+        "the priors agree sometimes, not always: {agree}"
+    );
+
+    // No train scenes, no SFT file: refused before anything is written.
+    let refused = dir.path().join("refused");
+    let output = mirrorsim(
+        &[
+            "hint",
+            "--catalog",
+            "movielens:../../data/ml-latest-small",
+            "--prior",
+            "popularity",
+            "--sft-examples",
+            "3",
+            "--scenes",
+        ],
+        &[&scenes, Path::new("--out"), &refused],
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--sft-examples needs train scenes"),
+        "{stderr}"
+    );
+    assert!(!refused.exists());
 }

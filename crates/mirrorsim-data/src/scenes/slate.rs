@@ -70,8 +70,9 @@ pub struct SlateUser {
     /// The choices shown in the prompt, oldest first.
     #[serde(default)]
     pub history: Vec<SlateHistoryEntry>,
-    /// Every item the user chose before the slate, for collaborative priors; for a catalog user
-    /// all of them (the prompt shows only the latest). Empty means: the items of `history`.
+    /// Every item the user chose before the slate, oldest first, for collaborative priors; for
+    /// a catalog user all of them (the prompt shows only the latest). Empty means: the items of
+    /// `history`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub earlier_items: Vec<String>,
 }
@@ -274,15 +275,13 @@ impl SlateCatalog {
         });
         let shown = &earlier[earlier.len().saturating_sub(self.history_len)..];
         let user = self.catalog.user(user_idx);
-        let mut earlier_items: Vec<String> = earlier
+        let earlier_items: Vec<String> = earlier
             .iter()
             .map(|&p| {
                 let item = self.catalog.interactions[p as usize].item;
                 self.catalog.item(item).id.clone()
             })
             .collect();
-        earlier_items.sort_unstable();
-        earlier_items.dedup();
         Some(SlateUser {
             earlier_items,
             id: user.id.clone(),

@@ -109,7 +109,13 @@ impl SimulatorService {
             model: self.simulator.model_id(),
             adapter: self.description.adapter.clone(),
             prior: self.description.prior.clone(),
-            hint_prior: self.simulator.hint().map(|h| h.kind.name().to_owned()),
+            hint_prior: self.simulator.hint().map(|h| {
+                h.kinds
+                    .iter()
+                    .map(|k| k.name())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             catalog: CatalogInfo {
                 name: catalog.name.clone(),

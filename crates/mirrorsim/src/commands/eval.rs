@@ -74,7 +74,7 @@ pub struct EvalArgs {
     #[arg(long, value_name = "N")]
     max_scenes: Option<usize>,
     /// Baselines to compare with (comma-separated; `none` for none).
-    #[arg(long, default_value = "random,popularity,knn,ease")]
+    #[arg(long, default_value = "random,popularity,knn,ease,sequential")]
     baselines: String,
     /// The dataset the scenes were built from, as FORMAT:PATH (needed by every baseline
     /// except random).
@@ -117,7 +117,7 @@ pub struct EvalArgs {
     #[arg(long)]
     json: bool,
     /// Also evaluate the hybrid simulator `p_llm^a · p_prior^b` with this collaborative prior
-    /// (knn, ease or popularity). Its weights come from --validation-scenes, else from
+    /// (knn, ease, popularity or sequential). Its weights come from --validation-scenes, else from
     /// OUT/hybrid.json, which is also used without this flag when present.
     #[arg(long, value_name = "KIND")]
     prior: Option<String>,
@@ -148,9 +148,30 @@ pub struct EvalArgs {
 /// The collaborative prior of `--prior`.
 pub(crate) fn parse_prior(name: &str) -> anyhow::Result<BaselineKind> {
     match BaselineKind::parse_list(name)?.as_slice() {
-        [kind @ (BaselineKind::Knn | BaselineKind::Ease | BaselineKind::Popularity)] => Ok(*kind),
-        _ => bail!("--prior takes one of knn, ease, popularity; got `{name}`"),
+        [kind @ (BaselineKind::Knn
+        | BaselineKind::Ease
+        | BaselineKind::Popularity
+        | BaselineKind::Sequential)] => Ok(*kind),
+        _ => bail!("--prior takes one of knn, ease, popularity, sequential; got `{name}`"),
     }
+}
+
+/// The priors whose picks a hint writes into the prompt: one or more of knn, ease, popularity
+/// and sequential, comma-separated, in the order their notes are joined.
+pub(crate) fn parse_hint_priors(spec: &str) -> anyhow::Result<Vec<BaselineKind>> {
+    let kinds = BaselineKind::parse_list(spec)?;
+    if kinds.is_empty() || kinds.contains(&BaselineKind::Random) {
+        bail!(
+            "a hint takes one or more of knn, ease, popularity, sequential (comma-separated); \
+             got `{spec}`"
+        );
+    }
+    Ok(kinds)
+}
+
+/// Names priors as `parse_hint_priors` reads them.
+pub(crate) fn prior_names(kinds: &[BaselineKind]) -> String {
+    kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(",")
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
@@ -199,7 +220,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         );
     }
     if args.validation_scenes.is_some() && requested_prior.is_none() {
-        bail!("--validation-scenes fits the hybrid: pass --prior knn|ease|popularity too");
+        bail!(
+            "--validation-scenes fits the hybrid: pass --prior knn|ease|popularity|sequential too"
+        );
     }
     if hybrid_prior.is_some() && !uses_llm {
         bail!("the hybrid simulator needs a --model");

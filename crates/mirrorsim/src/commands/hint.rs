@@ -9,6 +9,7 @@ use clap::Args;
 use mirrorsim_data::io::write_atomic;
 use mirrorsim_data::scenes::{read_jsonl, write_jsonl, SceneRecord, Split};
 use mirrorsim_data::{read_source, ReadOptions, SourceSpec};
+use mirrorsim_distill::stages::behaviour_example;
 use mirrorsim_eval::evaluate::summary_beside;
 use mirrorsim_eval::hybrid::{hint_scenes, prior_hint, validation_split, HintCounts};
 use mirrorsim_eval::{BaselineConfig, BaselineKind, FittedBaselines};
@@ -27,7 +28,8 @@ use serde::Serialize;
     before the cutoff (the baselines of `mirrorsim eval`). Train scenes are only those decided \
     in the last --train-fraction of the pre-cutoff period, and they get the prior fitted on the \
     interactions before the earliest of them. OUT/hint.json counts the hinted scenes and how \
-    often the hint is on the real choice."
+    often the hint is on the real choice; --sft-examples N also writes OUT/sft.jsonl, the first \
+    N hinted train scenes as behaviour-only SFT examples for `mirrorsim train sft`."
 )]
 pub struct HintArgs {
     /// A `mirrorsim scenes` output folder.
@@ -36,9 +38,17 @@ pub struct HintArgs {
     /// The dataset the scenes were built from, as FORMAT:PATH.
     #[arg(long)]
     catalog: String,
-    /// The prior whose pick is written into the prompt: knn, ease or popularity.
-    #[arg(long, default_value = "ease", value_parser = super::eval::parse_prior)]
-    prior: BaselineKind,
+    /// The priors whose picks are written into the prompt: one or more of knn, ease,
+    /// popularity and sequential, comma-separated. Each prior's pick gets its own note; an
+    /// option two priors pick gets both, in this order.
+    #[arg(long, default_value = "ease", value_name = "KIND[,KIND]")]
+    prior: String,
+    /// The sequential prior counts "b followed a" within this many steps.
+    #[arg(long, default_value_t = 20)]
+    sequential_window: usize,
+    /// The sequential prior scores options against the user's last this many choices.
+    #[arg(long, default_value_t = 20)]
+    sequential_recent: usize,
     /// Keep the train scenes decided in this last share of the pre-cutoff period.
     #[arg(long, default_value_t = 0.1)]
     train_fraction: f64,
@@ -48,6 +58,10 @@ pub struct HintArgs {
     /// EASE uses at most this many items (the most interacted).
     #[arg(long, default_value_t = 4000)]
     ease_max_items: usize,
+    /// Also write OUT/sft.jsonl: the first N hinted train scenes as behaviour-only SFT
+    /// examples (the direct prompt, the real choice as `Behavior: [X]`), for `train sft`.
+    #[arg(long, value_name = "N")]
+    sft_examples: Option<usize>,
     /// Output folder (created if missing).
     #[arg(long)]
     out: PathBuf,
@@ -59,13 +73,16 @@ pub struct HintArgs {
 /// `OUT/hint.json`.
 #[derive(Debug, Serialize)]
 struct HintSummary {
-    prior: BaselineKind,
-    hint: &'static str,
+    priors: Vec<BaselineKind>,
+    hints: Vec<&'static str>,
+    config: BaselineConfig,
     catalog: String,
     scenes: String,
     cutoff_timestamp: i64,
     train: Option<TrainHint>,
     eval: Option<SplitHint>,
+    /// Behaviour-only SFT examples written to OUT/sft.jsonl (with --sft-examples).
+    sft_examples: Option<usize>,
     seconds: f64,
 }
 
@@ -89,6 +106,7 @@ struct TrainHint {
 
 pub fn run(args: HintArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let priors = super::eval::parse_hint_priors(&args.prior)?;
     let train_path = args.scenes.join("scenes.train.jsonl");
     let eval_path = args.scenes.join("scenes.eval.jsonl");
     let summary_path = args.scenes.join("scenes.summary.json");
@@ -133,13 +151,15 @@ pub fn run(args: HintArgs) -> anyhow::Result<()> {
     let config = BaselineConfig {
         ease_lambda: args.ease_lambda,
         ease_max_items: args.ease_max_items,
+        sequential_window: args.sequential_window,
+        sequential_recent: args.sequential_recent,
         ..BaselineConfig::default()
     };
-    let with_ease = args.prior == BaselineKind::Ease;
+    let with_ease = priors.contains(&BaselineKind::Ease);
     let fit = |before: i64| {
         eprintln!(
             "hint: fitting the {} prior on the interactions before {before}",
-            args.prior
+            super::eval::prior_names(&priors)
         );
         FittedBaselines::fit(&catalog, Some(before), &config, with_ease)
     };
@@ -163,7 +183,7 @@ pub fn run(args: HintArgs) -> anyhow::Result<()> {
             );
         }
         let prior_cutoff = split.prior_cutoff();
-        let (hinted, counts) = hint_scenes(&fit(prior_cutoff)?, args.prior, &split.scenes)?;
+        let (hinted, counts) = hint_scenes(&fit(prior_cutoff)?, &priors, &split.scenes)?;
         train_out = Some((
             hinted,
             TrainHint {
@@ -179,7 +199,7 @@ pub fn run(args: HintArgs) -> anyhow::Result<()> {
     }
     let mut eval_out = None;
     if let Some(eval) = &eval {
-        let (hinted, counts) = hint_scenes(&fit(cutoff)?, args.prior, eval)?;
+        let (hinted, counts) = hint_scenes(&fit(cutoff)?, &priors, eval)?;
         eval_out = Some((
             hinted,
             SplitHint {
@@ -188,6 +208,20 @@ pub fn run(args: HintArgs) -> anyhow::Result<()> {
             },
         ));
     }
+    let sft = match (args.sft_examples, &train_out) {
+        (None, _) => None,
+        (Some(_), None) => bail!(
+            "--sft-examples needs train scenes, and {} has none",
+            train_path.display()
+        ),
+        (Some(n), Some((hinted, _))) => Some(
+            hinted
+                .iter()
+                .take(n)
+                .map(behaviour_example)
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
     // Nothing is written until both splits are hinted: a failure leaves no partial folder.
     // `mirrorsim eval` reads the cutoff from the summary beside the scenes.
     let summary = mirrorsim_data::io::read_all(&summary_path)?;
@@ -200,15 +234,20 @@ pub fn run(args: HintArgs) -> anyhow::Result<()> {
     write_atomic(&args.out.join("scenes.summary.json"), |w| {
         w.write_all(&summary)
     })?;
+    if let Some(examples) = &sft {
+        mirrorsim_distill::records::write_jsonl(&args.out.join("sft.jsonl"), examples)?;
+    }
 
     let report = HintSummary {
-        prior: args.prior,
-        hint: prior_hint(args.prior),
+        hints: priors.iter().map(|&p| prior_hint(p)).collect(),
+        priors,
+        config,
         catalog: args.catalog.clone(),
         scenes: args.scenes.display().to_string(),
         cutoff_timestamp: cutoff,
         train: train_out.map(|(_, counts)| counts),
         eval: eval_out.map(|(_, counts)| counts),
+        sft_examples: sft.as_ref().map(Vec::len),
         seconds: started.elapsed().as_secs_f64(),
     };
     let text = serde_json::to_string_pretty(&report)?;
@@ -221,15 +260,30 @@ pub fn run(args: HintArgs) -> anyhow::Result<()> {
     } else {
         let line = |name: &str, s: &SplitHint| {
             let c = &s.counts;
+            let share = |n: usize| n as f64 / c.scenes.max(1) as f64;
             println!(
-                "{name}: {} scenes, {} hinted, the hint on the real choice in {} ({:.3}); prior \
-                 fitted before {}",
-                c.scenes,
-                c.hinted,
-                c.hint_on_answer,
-                c.hint_on_answer as f64 / c.scenes.max(1) as f64,
-                s.prior_cutoff
+                "{name}: {} scenes, {} hinted; prior fitted before {}",
+                c.scenes, c.hinted, s.prior_cutoff
             );
+            for p in &c.by_prior {
+                println!(
+                    "  {}: hints {} scenes, on the real choice in {} ({:.3})",
+                    p.prior,
+                    p.hinted,
+                    p.hint_on_answer,
+                    share(p.hint_on_answer)
+                );
+            }
+            if c.by_prior.len() > 1 {
+                println!(
+                    "  all hints on one option in {} ({:.3}); some hint on the real choice in {} \
+                     ({:.3})",
+                    c.hints_agree,
+                    share(c.hints_agree),
+                    c.hint_on_answer,
+                    share(c.hint_on_answer)
+                );
+            }
         };
         if let Some(t) = &report.train {
             line("train", &t.kept);
@@ -240,6 +294,9 @@ pub fn run(args: HintArgs) -> anyhow::Result<()> {
         }
         if let Some(e) = &report.eval {
             line("eval", e);
+        }
+        if let Some(n) = report.sft_examples {
+            println!("sft.jsonl: {n} behaviour-only examples from the hinted train scenes");
         }
         println!("wrote {}", args.out.display());
     }

@@ -1509,7 +1509,7 @@ mod tests {
                 "grad_accum",
             ),
             (
-                "baselines = [\"random\", \"popularity\", \"knn\", \"ease\"]",
+                "baselines = [\"random\", \"popularity\", \"knn\", \"ease\", \"sequential\"]",
                 "baselines = [\"ease\", \"mf\"]",
                 "unknown baseline `mf`",
             ),

@@ -18,7 +18,7 @@ use mirrorsim_llm::Backend;
 use mirrorsim_serve::simulator::api::PriorInfo;
 use mirrorsim_serve::simulator::{ServiceDescription, SimulatorOptions, SimulatorService};
 
-use super::eval::parse_prior;
+use super::eval::{parse_hint_priors, parse_prior, prior_names};
 use super::model_arg::load_local;
 
 #[derive(Debug, Args)]
@@ -36,13 +36,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FORMAT:PATH")]
     pub catalog: String,
     /// Make the simulator a hybrid `p_llm^a · p_prior^b` with this collaborative prior (knn,
-    /// ease or popularity), fitted on the whole catalog; the weights come from --hybrid.
+    /// ease, popularity or sequential), fitted on the whole catalog; the weights come from --hybrid.
     #[arg(long, value_name = "KIND")]
     pub prior: Option<String>,
-    /// Write this collaborative prior's pick (knn, ease, popularity), fitted on the whole log,
-    /// into every slate's prompt, as `mirrorsim hint` writes it into scenes: for an adapter
-    /// trained on hinted scenes.
-    #[arg(long, value_name = "KIND")]
+    /// Write these collaborative priors' picks (one or more of knn, ease, popularity,
+    /// sequential, comma-separated), fitted on the whole log, into every slate's prompt, as
+    /// `mirrorsim hint --prior` writes them into scenes: for an adapter trained on hinted scenes.
+    #[arg(long, value_name = "KIND[,KIND]")]
     pub hint_prior: Option<String>,
     /// The hybrid.json `mirrorsim eval --prior KIND --validation-scenes …` wrote, or the folder
     /// holding it (DIR/hybrid.json, else DIR/eval/hybrid.json: a run directory works).
@@ -169,7 +169,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     let prior = args.prior.as_deref().map(parse_prior).transpose()?;
-    let hint_prior = args.hint_prior.as_deref().map(parse_prior).transpose()?;
+    let hint_priors = args
+        .hint_prior
+        .as_deref()
+        .map(parse_hint_priors)
+        .transpose()?;
     // Fail on a missing weights file before the slow loads.
     let hybrid_path = prior
         .map(|prior| hybrid_file(args.hybrid.as_deref(), prior))
@@ -262,21 +266,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         simulator = simulator.with_prior(slate_prior);
     }
 
-    if let Some(kind) = hint_prior {
+    if let Some(kinds) = hint_priors {
         let started = Instant::now();
+        let names = prior_names(&kinds);
         // As the hybrid's prior: when serving, every logged interaction is the past.
         let baselines = FittedBaselines::fit(
             slate_catalog.catalog(),
             None,
             &BaselineConfig::default(),
-            kind == BaselineKind::Ease,
+            kinds.contains(&BaselineKind::Ease),
         )
-        .with_context(|| format!("fitting the {kind} prior on {spec}"))?;
+        .with_context(|| format!("fitting the {names} prior on {spec}"))?;
         tracing::info!(
-            "hint: {kind} prior fitted in {:.1} s; its pick is written into every prompt",
+            "hint: {names} prior fitted in {:.1} s; its pick is written into every prompt",
             started.elapsed().as_secs_f64()
         );
-        simulator = simulator.with_hint(SlateHint { kind, baselines });
+        simulator = simulator.with_hint(SlateHint { kinds, baselines });
     }
 
     let service = SimulatorService {

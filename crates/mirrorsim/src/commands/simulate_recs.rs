@@ -26,7 +26,7 @@ use mirrorsim_loop::recs::read_recs;
 use mirrorsim_loop::split::{CutSummary, TemporalCut};
 use serde::Serialize;
 
-use super::eval::parse_prior;
+use super::eval::{parse_hint_priors, parse_prior, prior_names};
 use super::model_arg::load_local;
 
 /// The simulator flags shared by `simulate-recs` and `augment`.
@@ -49,10 +49,10 @@ pub struct SimulatorArgs {
     /// [default: OUT/hybrid.json].
     #[arg(long, value_name = "FILE")]
     pub hybrid: Option<PathBuf>,
-    /// Write this collaborative prior's pick (knn, ease, popularity), fitted before the cut,
-    /// into every page's prompt, as `mirrorsim hint` writes it into scenes: for an adapter
-    /// trained on hinted scenes.
-    #[arg(long, value_name = "KIND")]
+    /// Write these collaborative priors' picks (one or more of knn, ease, popularity,
+    /// sequential, comma-separated), fitted before the cut, into every page's prompt, as
+    /// `mirrorsim hint --prior` writes them into scenes: for an adapter trained on hinted scenes.
+    #[arg(long, value_name = "KIND[,KIND]")]
     pub hint_prior: Option<String>,
     /// direct: one forward per page; rationale: a generated rationale, then the choice.
     #[arg(long, default_value = "direct")]
@@ -154,7 +154,7 @@ impl SimulatorArgs {
     pub fn hybrid_file(&self) -> anyhow::Result<Option<(BaselineKind, HybridFile, PathBuf)>> {
         // --hint-prior is checked here too, before the slow loads.
         if let Some(name) = &self.hint_prior {
-            parse_prior(name)?;
+            parse_hint_priors(name)?;
         }
         let Some(name) = &self.prior else {
             if self.hybrid.is_some() {
@@ -198,26 +198,29 @@ impl SimulatorArgs {
         let (mut simulator, mut description) =
             self.hybrid_simulator(slates, backend, hybrid, cutoff)?;
         if let Some(name) = &self.hint_prior {
-            let kind = parse_prior(name)?;
-            let baselines = self.fit_prior(slates, kind, cutoff)?;
-            simulator = simulator.with_hint(SlateHint { kind, baselines });
-            description.push_str(&format!(", with the {kind} prior's pick in the prompt"));
+            let kinds = parse_hint_priors(name)?;
+            let baselines = self.fit_prior(slates, &kinds, cutoff)?;
+            description.push_str(&format!(
+                ", with the {} prior's pick in the prompt",
+                prior_names(&kinds)
+            ));
+            simulator = simulator.with_hint(SlateHint { kinds, baselines });
         }
         Ok((simulator, description))
     }
 
-    /// The baselines a prior of `kind` needs, fitted on the interactions before `cutoff`.
+    /// The baselines priors of `kinds` need, fitted on the interactions before `cutoff`.
     fn fit_prior<'c>(
         &self,
         slates: &'c SlateCatalog,
-        kind: BaselineKind,
+        kinds: &[BaselineKind],
         cutoff: Option<i64>,
     ) -> anyhow::Result<FittedBaselines<'c>> {
         Ok(FittedBaselines::fit(
             slates.catalog(),
             cutoff,
             &self.baseline_config(),
-            kind == BaselineKind::Ease,
+            kinds.contains(&BaselineKind::Ease),
         )?)
     }
 
@@ -240,7 +243,7 @@ impl SimulatorArgs {
                 file.model
             );
         }
-        let baselines = self.fit_prior(slates, kind, cutoff)?;
+        let baselines = self.fit_prior(slates, &[kind], cutoff)?;
         let description = format!(
             "hybrid p_llm^{:.4} · p_{kind}^{:.4}, T = {:.4} (from {})",
             file.weights.llm_weight,
