@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::OnceLock;
 
 use mirrorsim_data::scenes::SceneRecord;
 use mirrorsim_data::{Catalog, ItemIdx, UserIdx};
@@ -172,10 +173,9 @@ pub struct FittedBaselines<'c> {
     /// Co-occurrence counts over `knn_vocab` (row-major), from the binary pre-cutoff matrix.
     gram: Vec<u32>,
     ease: Option<(Vocabulary, Vec<f64>)>,
-    /// Per item `a`: `F[a, b]` for every `b` that followed it (the sequential prior).
-    follows: Vec<HashMap<ItemIdx, f64>>,
-    /// Per item `a`: `Σ_b F[a, b]`.
-    follows_total: Vec<f64>,
+    /// The sequential prior's counts, built on its first use: most users of the baselines
+    /// never ask for it.
+    follows: OnceLock<FollowCounts>,
     /// Interactions strictly before the cutoff.
     pub interactions_before_cutoff: usize,
 }
@@ -234,18 +234,15 @@ impl<'c> FittedBaselines<'c> {
                 config.sequential_window, config.sequential_recent
             )));
         }
-        let by_user = catalog.interactions_by_user();
-        let (follows, follows_total) = follow_counts(catalog, &by_user, before, config);
         Ok(FittedBaselines {
             catalog,
             config: config.clone(),
-            by_user,
+            by_user: catalog.interactions_by_user(),
             counts,
             knn_vocab,
             gram,
             ease,
-            follows,
-            follows_total,
+            follows: OnceLock::new(),
             interactions_before_cutoff: before,
         })
     }
@@ -294,11 +291,18 @@ impl<'c> FittedBaselines<'c> {
     /// `F[from, to]` of the sequential prior: how often `to` followed `from` within the window
     /// before the cutoff, each time weighted by `1 / distance`.
     pub fn follow_weight(&self, from: ItemIdx, to: ItemIdx) -> f64 {
-        self.follows
-            .get(from as usize)
-            .and_then(|row| row.get(&to))
-            .copied()
-            .unwrap_or(0.0)
+        self.follows().weight(from, to)
+    }
+
+    fn follows(&self) -> &FollowCounts {
+        self.follows.get_or_init(|| {
+            FollowCounts::fit(
+                self.catalog,
+                &self.by_user,
+                self.interactions_before_cutoff,
+                self.config.sequential_window,
+            )
+        })
     }
 
     /// The catalog indices of a scene's user, options and the user's history strictly before
@@ -383,24 +387,27 @@ impl<'c> FittedBaselines<'c> {
                     })
                     .collect()
             }
-            BaselineKind::Sequential => options
-                .iter()
-                .map(|o| {
-                    let followed: f64 = o.map_or(0.0, |o| {
-                        recent
-                            .iter()
-                            .rev()
-                            .take(self.config.sequential_recent)
-                            .enumerate()
-                            .map(|(k, &h)| {
-                                self.follow_weight(h, o)
-                                    / ((k + 1) as f64 * (1.0 + self.follows_total[h as usize]))
-                            })
-                            .sum()
-                    });
-                    (SEQUENTIAL_FLOOR + followed).ln()
-                })
-                .collect(),
+            BaselineKind::Sequential => {
+                let follows = self.follows();
+                options
+                    .iter()
+                    .map(|o| {
+                        let followed: f64 = o.map_or(0.0, |o| {
+                            recent
+                                .iter()
+                                .rev()
+                                .take(self.config.sequential_recent)
+                                .enumerate()
+                                .map(|(k, &h)| {
+                                    follows.weight(h, o)
+                                        / ((k + 1) as f64 * (1.0 + follows.totals[h as usize]))
+                                })
+                                .sum()
+                        });
+                        (SEQUENTIAL_FLOOR + followed).ln()
+                    })
+                    .collect()
+            }
         })
     }
 
@@ -425,38 +432,47 @@ pub fn softmax(scores: &[f64], temperature: f64) -> Vec<f64> {
     exps.into_iter().map(|e| e / total).collect()
 }
 
-/// `F` and its row sums over the interactions `..before`, from each user's sequence.
-fn follow_counts(
-    catalog: &Catalog,
-    by_user: &[Vec<u32>],
-    before: usize,
-    config: &BaselineConfig,
-) -> (Vec<HashMap<ItemIdx, f64>>, Vec<f64>) {
-    let mut follows: Vec<HashMap<ItemIdx, f64>> = vec![HashMap::new(); catalog.items.len()];
-    let mut totals = vec![0.0; catalog.items.len()];
-    let mut sequence: Vec<ItemIdx> = Vec::new();
-    for positions in by_user {
-        sequence.clear();
-        sequence.extend(
-            positions
-                .iter()
-                .take_while(|&&p| (p as usize) < before)
-                .map(|&p| catalog.interactions[p as usize].item),
-        );
-        for (i, &from) in sequence.iter().enumerate() {
-            let row = &mut follows[from as usize];
-            for (distance, &to) in sequence[i + 1..]
-                .iter()
-                .take(config.sequential_window)
-                .enumerate()
-            {
-                let weight = 1.0 / (distance + 1) as f64;
-                *row.entry(to).or_insert(0.0) += weight;
-                totals[from as usize] += weight;
+/// The sequential prior's `F` and its row sums.
+struct FollowCounts {
+    /// Per item `a`: `F[a, b]` for every `b` that followed it.
+    rows: Vec<HashMap<ItemIdx, f64>>,
+    /// Per item `a`: `Σ_b F[a, b]`.
+    totals: Vec<f64>,
+}
+
+impl FollowCounts {
+    /// `F` over the interactions `..before`, from each user's sequence.
+    fn fit(catalog: &Catalog, by_user: &[Vec<u32>], before: usize, window: usize) -> Self {
+        let mut rows: Vec<HashMap<ItemIdx, f64>> = vec![HashMap::new(); catalog.items.len()];
+        let mut totals = vec![0.0; catalog.items.len()];
+        let mut sequence: Vec<ItemIdx> = Vec::new();
+        for positions in by_user {
+            sequence.clear();
+            sequence.extend(
+                positions
+                    .iter()
+                    .take_while(|&&p| (p as usize) < before)
+                    .map(|&p| catalog.interactions[p as usize].item),
+            );
+            for (i, &from) in sequence.iter().enumerate() {
+                let row = &mut rows[from as usize];
+                for (distance, &to) in sequence[i + 1..].iter().take(window).enumerate() {
+                    let weight = 1.0 / (distance + 1) as f64;
+                    *row.entry(to).or_insert(0.0) += weight;
+                    totals[from as usize] += weight;
+                }
             }
         }
+        FollowCounts { rows, totals }
     }
-    (follows, totals)
+
+    fn weight(&self, from: ItemIdx, to: ItemIdx) -> f64 {
+        self.rows
+            .get(from as usize)
+            .and_then(|row| row.get(&to))
+            .copied()
+            .unwrap_or(0.0)
+    }
 }
 
 /// `XᵀX` over the vocabulary, from sorted distinct (user, item) pairs.
