@@ -104,6 +104,16 @@ struct PriorInputs {
     recent: Vec<ItemIdx>,
 }
 
+impl PriorInputs {
+    fn scores(
+        &self,
+        baselines: &FittedBaselines<'_>,
+        kind: BaselineKind,
+    ) -> Result<Vec<f64>, EvalError> {
+        baselines.scores_of(kind, &self.options, &self.history, &self.recent)
+    }
+}
+
 /// The LLM simulator (optionally a hybrid) over a catalog.
 pub struct SlateSimulator<'c> {
     catalog: &'c SlateCatalog,
@@ -312,10 +322,12 @@ impl<'c> SlateSimulator<'c> {
         let Some(hint) = &self.hint else {
             return Ok(prompt);
         };
+        // The user's history is resolved once for all the priors.
+        let inputs = self.prior_inputs(request, &prompt);
         let scores = hint
             .kinds
             .iter()
-            .map(|&kind| self.prior_scores(&hint.baselines, kind, request, &prompt))
+            .map(|&kind| inputs.scores(&hint.baselines, kind))
             .collect::<Result<Vec<_>, _>>()?;
         let (mut notes, _) = crate::hybrid::hint_notes(&hint.kinds, &scores);
         // "None of these" has no collaborative score and never carries the hint.
@@ -357,17 +369,6 @@ impl<'c> SlateSimulator<'c> {
         }
     }
 
-    fn prior_scores(
-        &self,
-        baselines: &FittedBaselines<'_>,
-        kind: BaselineKind,
-        request: &SlateRequest,
-        prompt: &SlatePrompt,
-    ) -> Result<Vec<f64>, EvalError> {
-        let inputs = self.prior_inputs(request, prompt);
-        baselines.scores_of(kind, &inputs.options, &inputs.history, &inputs.recent)
-    }
-
     /// The hybrid's distribution over the options when a prior is set, else `llm` itself.
     fn apply_prior(
         &self,
@@ -379,7 +380,9 @@ impl<'c> SlateSimulator<'c> {
             return Ok(llm.to_vec());
         };
         let items = request.items.len();
-        let scores = self.prior_scores(&prior.baselines, prior.kind, request, prompt)?;
+        let scores = self
+            .prior_inputs(request, prompt)
+            .scores(&prior.baselines, prior.kind)?;
         let none_mass = if prompt.item_ids.len() > items {
             llm[items]
         } else {
