@@ -170,8 +170,11 @@ pub struct FittedBaselines<'c> {
     /// Distinct users per item before the cutoff.
     counts: Vec<u32>,
     knn_vocab: Vocabulary,
-    /// Co-occurrence counts over `knn_vocab` (row-major), from the binary pre-cutoff matrix.
-    gram: Vec<u32>,
+    /// The distinct (user, item) pairs before the cutoff, sorted.
+    pairs: Vec<(UserIdx, ItemIdx)>,
+    /// Co-occurrence counts over `knn_vocab` (row-major), from the binary pre-cutoff matrix:
+    /// built by the fit when EASE needs it, else on kNN's first use.
+    gram: OnceLock<Vec<u32>>,
     ease: Option<(Vocabulary, Vec<f64>)>,
     /// The sequential prior's counts, built on its first use: most users of the baselines
     /// never ask for it.
@@ -182,7 +185,9 @@ pub struct FittedBaselines<'c> {
 
 impl<'c> FittedBaselines<'c> {
     /// Fits popularity and item-kNN on `catalog.interactions` strictly before `cutoff` (all of
-    /// them when `None`), and EASE too when `with_ease`.
+    /// them when `None`), and EASE too when `with_ease`. Item-kNN's co-occurrence counts and
+    /// the sequential prior's counts are built on their first use, unless EASE needs the
+    /// former now.
     pub fn fit(
         catalog: &'c Catalog,
         cutoff: Option<i64>,
@@ -216,14 +221,15 @@ impl<'c> FittedBaselines<'c> {
             counts[item as usize] += 1;
         }
         let knn_vocab = Vocabulary::top(&counts, 1, config.knn_max_items);
-        let gram = co_occurrence(&pairs, &knn_vocab);
+        let gram = OnceLock::new();
         let ease = if with_ease {
+            let gram = gram.get_or_init(|| co_occurrence(&pairs, &knn_vocab));
             let vocab = Vocabulary::top(
                 &counts,
                 config.ease_min_interactions,
                 config.ease_max_items.min(config.knn_max_items),
             );
-            let weights = ease_weights(&gram, &knn_vocab, &vocab, config.ease_lambda)?;
+            let weights = ease_weights(gram, &knn_vocab, &vocab, config.ease_lambda)?;
             Some((vocab, weights))
         } else {
             None
@@ -240,6 +246,7 @@ impl<'c> FittedBaselines<'c> {
             by_user: catalog.interactions_by_user(),
             counts,
             knn_vocab,
+            pairs,
             gram,
             ease,
             follows: OnceLock::new(),
@@ -268,8 +275,11 @@ impl<'c> FittedBaselines<'c> {
             return 0.0;
         };
         let n = self.knn_vocab.len();
-        let both = self.gram[pa * n + pb] as f64;
-        let norm = (self.gram[pa * n + pa] as f64 * self.gram[pb * n + pb] as f64).sqrt();
+        let gram = self
+            .gram
+            .get_or_init(|| co_occurrence(&self.pairs, &self.knn_vocab));
+        let both = gram[pa * n + pb] as f64;
+        let norm = (gram[pa * n + pa] as f64 * gram[pb * n + pb] as f64).sqrt();
         if norm == 0.0 {
             0.0
         } else {

@@ -444,9 +444,6 @@ fn hint_of_an_eval_only_folder_writes_only_eval_scenes() {
     );
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        stderr.contains("--sft-examples needs train scenes"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("need train scenes"), "{stderr}");
     assert!(!refused.exists());
 }

@@ -483,3 +483,214 @@ fn run_trains_adapters_and_evaluates_them_beside_the_base_model_and_baselines() 
     assert_eq!(dpo_summary["config"]["beta"], 0.2);
     assert_eq!(dpo_summary["resumed_from_step"], serde_json::Value::Null);
 }
+
+/// Scenes → hint → SFT on the hinted train scenes → eval on the hinted eval scenes: no
+/// `[rationales]` or `[score]`, so no rationale is generated.
+fn hinted_pipeline(dir: &Path, sft_examples: usize) -> PathBuf {
+    let text = format!(
+        r#"run_dir = "hinted"
+
+[source]
+spec = "movielens:{data}"
+
+[scenes]
+max_train_scenes = 400
+max_eval_scenes = 3
+eval_options = 4
+train_options = {{ min = 3, max = 4 }}
+history_len = 3
+seed = 2
+
+[models.small]
+path = "default"
+
+[hint]
+priors = ["popularity", "sequential"]
+train_fraction = 0.3
+sft_examples = {sft_examples}
+
+[train]
+model = "small"
+
+[train.sft]
+data = "hint"
+max_steps = 1
+grad_accum = 1
+max_len = 256
+rank = 4
+alpha = 8.0
+eval_fraction = 0.0
+save_every = 0
+
+[eval]
+max_scenes = 3
+repeats = 2
+baselines = ["popularity", "sequential"]
+rotations = false
+agent4rec = false
+"#,
+        data = embedded_dataset().display()
+    );
+    let path = dir.join("hinted.toml");
+    fs::write(&path, text).unwrap();
+    path
+}
+
+/// The `distribution` of each prediction line of `predictor` (of every line with `None`).
+fn distributions(path: &Path, predictor: Option<&str>) -> Vec<Vec<f64>> {
+    lines(path)
+        .iter()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|v| predictor.is_none_or(|name| v["predictor"] == name))
+        .map(|v| {
+            v["distribution"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_f64().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn run_hints_the_scenes_trains_on_them_and_evaluates_the_hinted_prompts() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = hinted_pipeline(dir.path(), 4);
+    let toml = pipeline.to_str().unwrap();
+    let run = dir.path().join("hinted");
+
+    let first = run_ok(&["run", toml]);
+    assert!(
+        first.contains("hint: the popularity,sequential prior's picks"),
+        "{first}"
+    );
+    assert!(!first.contains("up to date"), "{first}");
+    for absent in ["rationales.strong.jsonl", "scores.jsonl", "distill"] {
+        assert!(!run.join(absent).exists(), "{absent}");
+    }
+
+    // The stage writes what `mirrorsim hint` writes for the same scenes and options.
+    let cli = dir.path().join("cli");
+    let data = format!("movielens:{}", embedded_dataset().display());
+    run_ok(&[
+        "hint",
+        "--catalog",
+        &data,
+        "--prior",
+        "popularity,sequential",
+        "--train-fraction",
+        "0.3",
+        "--sft-examples",
+        "4",
+        "--scenes",
+        run.join("scenes").to_str().unwrap(),
+        "--out",
+        cli.to_str().unwrap(),
+    ]);
+    for file in [
+        "scenes.train.jsonl",
+        "scenes.eval.jsonl",
+        "scenes.summary.json",
+        "sft.jsonl",
+    ] {
+        assert_eq!(
+            fs::read(run.join("hint").join(file)).unwrap(),
+            fs::read(cli.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    let mut from_run = read_json(&run.join("hint/hint.json"));
+    let mut from_cli = read_json(&cli.join("hint.json"));
+    for report in [&mut from_run, &mut from_cli] {
+        let fields = report.as_object_mut().unwrap();
+        fields.remove("scenes");
+        fields.remove("seconds");
+    }
+    assert_eq!(from_run, from_cli);
+    assert_eq!(from_run["sft_examples"], 4);
+    assert!(from_run["eval"]["hinted"].as_u64().unwrap() > 0);
+
+    let summary = read_json(&run.join("train/sft/train_summary.json"));
+    assert_eq!(summary["train_examples"], 4);
+    assert_eq!(summary["steps"], 1);
+
+    let metrics = read_json(&run.join("eval/metrics.json"));
+    assert!(
+        metrics["scenes_file"]
+            .as_str()
+            .unwrap()
+            .ends_with("hint/scenes.eval.jsonl"),
+        "{}",
+        metrics["scenes_file"]
+    );
+    let names: Vec<&str> = metrics["predictors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["base (direct)", "sft (direct)", "popularity", "sequential"]
+    );
+    assert!(
+        metrics["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("popularity,sequential prior")),
+        "{}",
+        metrics["notes"]
+    );
+
+    // The base model was scored on the hinted prompts: `eval` on the hinted file gives its
+    // distributions, and on the plain file other ones.
+    let predictions = run.join("eval/predictions.jsonl");
+    let in_run = distributions(&predictions, Some("base (direct)"));
+    assert_eq!(in_run.len(), 3);
+    for (folder, same) in [("hint", true), ("scenes", false)] {
+        let out = dir.path().join(format!("eval-{folder}"));
+        run_ok(&[
+            "eval",
+            "--scenes",
+            run.join(folder).join("scenes.eval.jsonl").to_str().unwrap(),
+            "--model",
+            "default",
+            "--mode",
+            "direct",
+            "--repeats",
+            "2",
+            "--no-rotations",
+            "--no-agent4rec",
+            "--baselines",
+            "none",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let alone = distributions(&out.join("predictions.jsonl"), None);
+        let close = in_run
+            .iter()
+            .zip(&alone)
+            .all(|(a, b)| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6));
+        assert_eq!(close, same, "{folder}: {in_run:?} vs {alone:?}");
+    }
+
+    let second = run_ok(&["run", toml]);
+    for stage in ["scenes", "hint", "train.sft", "eval"] {
+        assert!(
+            second.contains(&format!("{stage}: up to date")),
+            "{stage} not skipped:\n{second}"
+        );
+    }
+    assert_eq!(second.matches(": up to date").count(), 4, "{second}");
+
+    // Fewer SFT examples: the hint stage reruns, and so does the training on its file.
+    hinted_pipeline(dir.path(), 3);
+    let changed = run_ok(&["run", toml, "--stages", "hint,train"]);
+    assert!(!changed.contains("hint: up to date"), "{changed}");
+    assert!(!changed.contains("train.sft: up to date"), "{changed}");
+    assert_eq!(lines(&run.join("hint/sft.jsonl")).len(), 3);
+    let summary = read_json(&run.join("train/sft/train_summary.json"));
+    assert_eq!(summary["train_examples"], 3);
+}

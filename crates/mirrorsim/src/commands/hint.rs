@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use mirrorsim_data::io::write_atomic;
 use mirrorsim_data::scenes::{read_jsonl, write_jsonl, SceneRecord, Split};
-use mirrorsim_data::{read_source, ReadOptions, SourceSpec};
+use mirrorsim_data::{read_source, Catalog, ReadOptions, SourceSpec};
 use mirrorsim_distill::stages::behaviour_example;
 use mirrorsim_eval::evaluate::summary_beside;
 use mirrorsim_eval::hybrid::{hint_scenes, prior_hint, validation_split, HintCounts};
@@ -72,7 +72,7 @@ pub struct HintArgs {
 
 /// `OUT/hint.json`.
 #[derive(Debug, Serialize)]
-struct HintSummary {
+pub(crate) struct HintSummary {
     priors: Vec<BaselineKind>,
     hints: Vec<&'static str>,
     config: BaselineConfig,
@@ -83,11 +83,11 @@ struct HintSummary {
     eval: Option<SplitHint>,
     /// Behaviour-only SFT examples written to OUT/sft.jsonl (with --sft-examples).
     sft_examples: Option<usize>,
-    seconds: f64,
+    pub seconds: f64,
 }
 
 #[derive(Debug, Serialize)]
-struct SplitHint {
+pub(crate) struct SplitHint {
     /// The prior saw only interactions strictly before this Unix time.
     prior_cutoff: i64,
     #[serde(flatten)]
@@ -95,7 +95,7 @@ struct SplitHint {
 }
 
 #[derive(Debug, Serialize)]
-struct TrainHint {
+pub(crate) struct TrainHint {
     /// Train scenes in the input; only those decided at or after `boundary` are kept.
     scenes_in: usize,
     fraction: f64,
@@ -104,12 +104,31 @@ struct TrainHint {
     kept: SplitHint,
 }
 
-pub fn run(args: HintArgs) -> anyhow::Result<()> {
+/// One hint job: a scenes folder in, the hinted folder out (`mirrorsim hint` and the `[hint]`
+/// stage of `mirrorsim run`).
+pub(crate) struct HintJob<'a> {
+    pub scenes: &'a Path,
+    /// The dataset the scenes were built from, read once by the caller.
+    pub catalog: &'a Catalog,
+    /// How the catalog was named (FORMAT:PATH), recorded in hint.json.
+    pub catalog_spec: String,
+    pub priors: &'a [BaselineKind],
+    pub config: BaselineConfig,
+    pub train_fraction: f64,
+    /// Write OUT/sft.jsonl with the first this many hinted train scenes.
+    pub sft_examples: Option<usize>,
+    pub out: &'a Path,
+}
+
+/// Hints both splits of `job.scenes` and writes OUT/{scenes.train.jsonl, scenes.eval.jsonl,
+/// scenes.summary.json, hint.json} and, with `sft_examples`, OUT/sft.jsonl. Nothing is
+/// written until every output is computed, and each file is replaced atomically.
+pub(crate) fn hint_folder(job: &HintJob) -> anyhow::Result<HintSummary> {
     let started = Instant::now();
-    let priors = super::eval::parse_hint_priors(&args.prior)?;
-    let train_path = args.scenes.join("scenes.train.jsonl");
-    let eval_path = args.scenes.join("scenes.eval.jsonl");
-    let summary_path = args.scenes.join("scenes.summary.json");
+    let priors = job.priors;
+    let train_path = job.scenes.join("scenes.train.jsonl");
+    let eval_path = job.scenes.join("scenes.eval.jsonl");
+    let summary_path = job.scenes.join("scenes.summary.json");
     let read = |path: &Path, split: Split| -> anyhow::Result<Option<Vec<SceneRecord>>> {
         if !path.is_file() {
             return Ok(None);
@@ -133,7 +152,7 @@ pub fn run(args: HintArgs) -> anyhow::Result<()> {
         bail!(
             "{} holds no scenes in scenes.train.jsonl or scenes.eval.jsonl: pass the folder \
              `mirrorsim scenes --out` wrote",
-            args.scenes.display()
+            job.scenes.display()
         );
     }
     let cutoff = summary_beside(&eval_path)?
@@ -145,23 +164,15 @@ pub fn run(args: HintArgs) -> anyhow::Result<()> {
             )
         })?;
 
-    let spec: SourceSpec = args.catalog.parse()?;
-    let (catalog, _) =
-        read_source(&spec, &ReadOptions::default()).with_context(|| format!("reading {spec}"))?;
-    let config = BaselineConfig {
-        ease_lambda: args.ease_lambda,
-        ease_max_items: args.ease_max_items,
-        sequential_window: args.sequential_window,
-        sequential_recent: args.sequential_recent,
-        ..BaselineConfig::default()
-    };
+    let catalog = job.catalog;
+    let config = &job.config;
     let with_ease = priors.contains(&BaselineKind::Ease);
     let fit = |before: i64| {
         eprintln!(
             "hint: fitting the {} prior on the interactions before {before}",
-            super::eval::prior_names(&priors)
+            super::eval::prior_names(priors)
         );
-        FittedBaselines::fit(&catalog, Some(before), &config, with_ease)
+        FittedBaselines::fit(catalog, Some(before), config, with_ease)
     };
 
     let mut train_out = None;
@@ -171,24 +182,24 @@ pub fn run(args: HintArgs) -> anyhow::Result<()> {
             .first()
             .map(|i| i.timestamp)
             .context("the catalog holds no interactions")?;
-        let split = validation_split(train, period_start, cutoff, args.train_fraction)
+        let split = validation_split(train, period_start, cutoff, job.train_fraction)
             .with_context(|| format!("train scenes {}", train_path.display()))?;
         if split.scenes.is_empty() {
             bail!(
                 "{}: none of its {} scenes is decided in the last {} of the pre-cutoff period; \
-                 build more train scenes or raise --train-fraction",
+                 build more train scenes or raise the train fraction",
                 train_path.display(),
                 train.len(),
-                args.train_fraction
+                job.train_fraction
             );
         }
         let prior_cutoff = split.prior_cutoff();
-        let (hinted, counts) = hint_scenes(&fit(prior_cutoff)?, &priors, &split.scenes)?;
+        let (hinted, counts) = hint_scenes(&fit(prior_cutoff)?, priors, &split.scenes)?;
         train_out = Some((
             hinted,
             TrainHint {
                 scenes_in: train.len(),
-                fraction: args.train_fraction,
+                fraction: job.train_fraction,
                 boundary: split.boundary,
                 kept: SplitHint {
                     prior_cutoff,
@@ -199,7 +210,7 @@ pub fn run(args: HintArgs) -> anyhow::Result<()> {
     }
     let mut eval_out = None;
     if let Some(eval) = &eval {
-        let (hinted, counts) = hint_scenes(&fit(cutoff)?, &priors, eval)?;
+        let (hinted, counts) = hint_scenes(&fit(cutoff)?, priors, eval)?;
         eval_out = Some((
             hinted,
             SplitHint {
@@ -208,10 +219,11 @@ pub fn run(args: HintArgs) -> anyhow::Result<()> {
             },
         ));
     }
-    let sft = match (args.sft_examples, &train_out) {
+    let sft = match (job.sft_examples, &train_out) {
         (None, _) => None,
         (Some(_), None) => bail!(
-            "--sft-examples needs train scenes, and {} has none",
+            "SFT examples (`hint --sft-examples`, `[hint] sft_examples`) need train scenes, and \
+             {} has none",
             train_path.display()
         ),
         (Some(n), Some((hinted, _))) => Some(
@@ -222,28 +234,27 @@ pub fn run(args: HintArgs) -> anyhow::Result<()> {
                 .collect::<Result<Vec<_>, _>>()?,
         ),
     };
-    // Nothing is written until both splits are hinted: a failure leaves no partial folder.
     // `mirrorsim eval` reads the cutoff from the summary beside the scenes.
     let summary = mirrorsim_data::io::read_all(&summary_path)?;
     if let Some((hinted, _)) = &train_out {
-        write_jsonl(&args.out.join("scenes.train.jsonl"), hinted)?;
+        write_jsonl(&job.out.join("scenes.train.jsonl"), hinted)?;
     }
     if let Some((hinted, _)) = &eval_out {
-        write_jsonl(&args.out.join("scenes.eval.jsonl"), hinted)?;
+        write_jsonl(&job.out.join("scenes.eval.jsonl"), hinted)?;
     }
-    write_atomic(&args.out.join("scenes.summary.json"), |w| {
+    write_atomic(&job.out.join("scenes.summary.json"), |w| {
         w.write_all(&summary)
     })?;
     if let Some(examples) = &sft {
-        mirrorsim_distill::records::write_jsonl(&args.out.join("sft.jsonl"), examples)?;
+        mirrorsim_distill::records::write_jsonl(&job.out.join("sft.jsonl"), examples)?;
     }
 
     let report = HintSummary {
         hints: priors.iter().map(|&p| prior_hint(p)).collect(),
-        priors,
-        config,
-        catalog: args.catalog.clone(),
-        scenes: args.scenes.display().to_string(),
+        priors: priors.to_vec(),
+        config: job.config.clone(),
+        catalog: job.catalog_spec.clone(),
+        scenes: job.scenes.display().to_string(),
         cutoff_timestamp: cutoff,
         train: train_out.map(|(_, counts)| counts),
         eval: eval_out.map(|(_, counts)| counts),
@@ -251,54 +262,84 @@ pub fn run(args: HintArgs) -> anyhow::Result<()> {
         seconds: started.elapsed().as_secs_f64(),
     };
     let text = serde_json::to_string_pretty(&report)?;
-    write_atomic(&args.out.join("hint.json"), |w| {
+    write_atomic(&job.out.join("hint.json"), |w| {
         w.write_all(text.as_bytes())?;
         w.write_all(b"\n")
     })?;
+    Ok(report)
+}
+
+pub fn run(args: HintArgs) -> anyhow::Result<()> {
+    let priors = super::eval::parse_hint_priors(&args.prior)?;
+    let spec: SourceSpec = args.catalog.parse()?;
+    let (catalog, _) =
+        read_source(&spec, &ReadOptions::default()).with_context(|| format!("reading {spec}"))?;
+    let job = HintJob {
+        scenes: &args.scenes,
+        catalog: &catalog,
+        catalog_spec: args.catalog.clone(),
+        priors: &priors,
+        config: BaselineConfig {
+            ease_lambda: args.ease_lambda,
+            ease_max_items: args.ease_max_items,
+            sequential_window: args.sequential_window,
+            sequential_recent: args.sequential_recent,
+            ..BaselineConfig::default()
+        },
+        train_fraction: args.train_fraction,
+        sft_examples: args.sft_examples,
+        out: &args.out,
+    };
+    let report = hint_folder(&job)?;
     if args.json {
-        println!("{text}");
-    } else {
-        let line = |name: &str, s: &SplitHint| {
-            let c = &s.counts;
-            let share = |n: usize| n as f64 / c.scenes.max(1) as f64;
-            println!(
-                "{name}: {} scenes, {} hinted; prior fitted before {}",
-                c.scenes, c.hinted, s.prior_cutoff
-            );
-            for p in &c.by_prior {
-                println!(
-                    "  {}: hints {} scenes, on the real choice in {} ({:.3})",
-                    p.prior,
-                    p.hinted,
-                    p.hint_on_answer,
-                    share(p.hint_on_answer)
-                );
-            }
-            if c.by_prior.len() > 1 {
-                println!(
-                    "  all hints on one option in {} ({:.3}); some hint on the real choice in {} \
-                     ({:.3})",
-                    c.hints_agree,
-                    share(c.hints_agree),
-                    c.hint_on_answer,
-                    share(c.hint_on_answer)
-                );
-            }
-        };
-        if let Some(t) = &report.train {
-            line("train", &t.kept);
-            println!(
-                "       (kept from {} train scenes: those decided at or after {})",
-                t.scenes_in, t.boundary
-            );
-        }
-        if let Some(e) = &report.eval {
-            line("eval", e);
-        }
-        if let Some(n) = report.sft_examples {
-            println!("sft.jsonl: {n} behaviour-only examples from the hinted train scenes");
-        }
-        println!("wrote {}", args.out.display());
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
     }
+    print_hint_summary(&report);
+    println!("wrote {}", args.out.display());
     Ok(())
+}
+
+/// The per-split lines `mirrorsim hint` prints.
+pub(crate) fn print_hint_summary(report: &HintSummary) {
+    let line = |name: &str, s: &SplitHint| {
+        let c = &s.counts;
+        let share = |n: usize| n as f64 / c.scenes.max(1) as f64;
+        println!(
+            "{name}: {} scenes, {} hinted; prior fitted before {}",
+            c.scenes, c.hinted, s.prior_cutoff
+        );
+        for p in &c.by_prior {
+            println!(
+                "  {}: hints {} scenes, on the real choice in {} ({:.3})",
+                p.prior,
+                p.hinted,
+                p.hint_on_answer,
+                share(p.hint_on_answer)
+            );
+        }
+        if c.by_prior.len() > 1 {
+            println!(
+                "  all hints on one option in {} ({:.3}); some hint on the real choice in {} \
+                 ({:.3})",
+                c.hints_agree,
+                share(c.hints_agree),
+                c.hint_on_answer,
+                share(c.hint_on_answer)
+            );
+        }
+    };
+    if let Some(t) = &report.train {
+        line("train", &t.kept);
+        println!(
+            "       (kept from {} train scenes: those decided at or after {})",
+            t.scenes_in, t.boundary
+        );
+    }
+    if let Some(e) = &report.eval {
+        line("eval", e);
+    }
+    if let Some(n) = report.sft_examples {
+        println!("sft.jsonl: {n} behaviour-only examples from the hinted train scenes");
+    }
 }

@@ -1,7 +1,9 @@
 //! `mirrorsim run PIPELINE.toml`: scenes → rationales (strong, weak) → predictor scores →
-//! distillation → LoRA training (SFT, DPO) → evaluation with a report, into one run directory. Each stage stores a fingerprint (sha256 of its config
-//! and of its input files) in `stages.json` and is skipped while it matches and its outputs
-//! exist; every LLM call goes through the run journal, so even a rerun stage repeats no request.
+//! distillation → prior hints → LoRA training (SFT, DPO) → evaluation with a report, into one
+//! run directory. Every stage but scenes runs only when its section is present. Each stage
+//! stores a fingerprint (sha256 of its config and of its input files) in `stages.json` and is
+//! skipped while it matches and its outputs exist; every LLM call goes through the run journal,
+//! so even a rerun stage repeats no request.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -42,6 +44,7 @@ use crate::commands::eval::{print_metrics, write_eval_folder};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::hint::{hint_folder, print_hint_summary, HintJob};
 use super::shard::{merge_shard_files, Shard};
 
 #[derive(Debug, Args)]
@@ -54,7 +57,8 @@ pub struct RunArgs {
     /// Merge the shard outputs 0..N into the unsharded files, then distill, train and evaluate.
     #[arg(long, value_name = "N")]
     merge_shards: Option<usize>,
-    /// Stages to run (default: all), comma-separated: scenes,rationales,score,distill,train,eval.
+    /// Stages to run (default: all), comma-separated:
+    /// scenes,rationales,score,distill,hint,train,eval.
     #[arg(long, value_delimiter = ',')]
     stages: Option<Vec<StageName>>,
 }
@@ -65,6 +69,7 @@ enum StageName {
     Rationales,
     Score,
     Distill,
+    Hint,
     Train,
     Eval,
 }
@@ -78,10 +83,15 @@ struct Pipeline {
     #[serde(default)]
     scenes: SceneConfig,
     models: BTreeMap<String, ModelEntry>,
-    rationales: RationalesSection,
-    score: ScoreSection,
+    /// `[rationales]` and `[score]`: the LLM stages and distillation run only when both are
+    /// present.
+    rationales: Option<RationalesSection>,
+    score: Option<ScoreSection>,
     #[serde(default)]
     distill: DistillConfig,
+    /// `[hint]`: write collaborative priors' picks into the prompts (`mirrorsim hint`); the
+    /// eval stage then scores the hinted eval scenes.
+    hint: Option<HintSection>,
     /// `[train.sft]` / `[train.dpo]`: each stage runs only when its section is present.
     train: Option<TrainSection>,
     /// `[eval]`: runs only when present.
@@ -97,7 +107,7 @@ struct TrainSection {
     dpo: Option<TrainStageSection>,
 }
 
-/// Which distilled file SFT trains on.
+/// Which file SFT trains on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum SftData {
@@ -105,6 +115,29 @@ enum SftData {
     Sft,
     /// `distill/direct.jsonl`: the behaviour only.
     Direct,
+    /// `hint/sft.jsonl`: the hinted train scenes, behaviour only (needs `[hint]`).
+    Hint,
+}
+
+/// `[hint]`: the options of `mirrorsim hint`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HintSection {
+    /// One or more of knn, ease, popularity, sequential; each pick gets its own note.
+    priors: Vec<BaselineKind>,
+    /// Train scenes decided in this last share of the pre-cutoff period are hinted (by priors
+    /// fitted before the earliest of them); the others are dropped.
+    #[serde(default = "default_train_fraction")]
+    train_fraction: f64,
+    /// `hint/sft.jsonl` holds the first this many hinted train scenes (default: all of them).
+    sft_examples: Option<usize>,
+    /// The priors' settings, as `[eval.baseline]`.
+    #[serde(default)]
+    baseline: BaselineConfig,
+}
+
+fn default_train_fraction() -> f64 {
+    0.1
 }
 
 /// The knobs of one training stage; absent ones keep `TrainConfig`'s defaults.
@@ -202,7 +235,7 @@ struct EvalSection {
     repeats: usize,
     /// Only the first this many eval scenes.
     max_scenes: Option<usize>,
-    /// Among random, popularity, knn, ease; `[]` for none.
+    /// Among random, popularity, knn, ease, sequential; `[]` for none.
     #[serde(default = "default_baselines")]
     baselines: Vec<String>,
     #[serde(default)]
@@ -374,11 +407,26 @@ impl Pipeline {
     }
 
     fn check_model_names(&self, file: &Path) -> anyhow::Result<()> {
-        for (field, name) in [
-            ("[rationales] strong_model", &self.rationales.strong_model),
-            ("[rationales] weak_model", &self.rationales.weak_model),
-            ("[score] predictor_model", &self.score.predictor_model),
-        ] {
+        let mut named = Vec::new();
+        match (&self.rationales, &self.score) {
+            (Some(rationales), Some(score)) => named.extend([
+                ("[rationales] strong_model", &rationales.strong_model),
+                ("[rationales] weak_model", &rationales.weak_model),
+                ("[score] predictor_model", &score.predictor_model),
+            ]),
+            (None, None) => {}
+            (Some(_), None) => bail!(
+                "{}: [rationales] without [score]: the rationales are only used once the \
+                 predictor has scored them; add [score] (or drop [rationales])",
+                file.display()
+            ),
+            (None, Some(_)) => bail!(
+                "{}: [score] without [rationales]: there is nothing to score; add [rationales] \
+                 (or drop [score])",
+                file.display()
+            ),
+        }
+        for (field, name) in named {
             if !self.models.contains_key(name) {
                 bail!(
                     "{}: {field} = {name:?} names no [models.{name}] entry (entries: {})",
@@ -420,8 +468,38 @@ impl Pipeline {
                 Some(_) => Ok(()),
             }
         };
+        if let Some(hint) = &self.hint {
+            let names: Vec<&str> = hint.priors.iter().map(|k| k.name()).collect();
+            super::eval::parse_hint_priors(&names.join(","))
+                .map_err(|e| anyhow::anyhow!("{file}: [hint] priors: {e}"))?;
+            if !(hint.train_fraction > 0.0 && hint.train_fraction <= 1.0) {
+                bail!(
+                    "{file}: [hint] train_fraction must be in (0, 1], got {}",
+                    hint.train_fraction
+                );
+            }
+        }
         if let Some(train) = &self.train {
-            local("[train] model", self.train_model())?;
+            let Some(model) = self.train_model() else {
+                bail!(
+                    "{file}: [train] needs `model = \"…\"` naming a [models.*] entry (without \
+                     [score] there is no predictor to default to)"
+                );
+            };
+            local("[train] model", model)?;
+            let sft_data = train.sft.as_ref().map(|s| s.data.unwrap_or(SftData::Sft));
+            if sft_data == Some(SftData::Hint) && self.hint.is_none() {
+                bail!("{file}: [train.sft] data = \"hint\" needs a [hint] section");
+            }
+            let needs_distill =
+                matches!(sft_data, Some(SftData::Sft | SftData::Direct)) || train.dpo.is_some();
+            if needs_distill && self.rationales.is_none() {
+                bail!(
+                    "{file}: [train.sft] data = \"sft\" or \"direct\" and [train.dpo] train on \
+                     the distilled files, which need [rationales] and [score]; without them \
+                     train SFT on data = \"hint\""
+                );
+            }
             if train.sft.as_ref().is_some_and(|s| s.beta.is_some()) {
                 bail!("{file}: [train.sft] beta: β is a DPO setting; put it in [train.dpo]");
             }
@@ -438,7 +516,15 @@ impl Pipeline {
             }
         }
         if let Some(eval) = &self.eval {
-            local("[eval] model", self.eval_model())?;
+            let wants_model = eval.simulators.as_ref().is_none_or(|list| !list.is_empty());
+            match self.eval_model() {
+                Some(model) => local("[eval] model", model)?,
+                None if wants_model => bail!(
+                    "{file}: [eval] needs `model = \"…\"` naming a [models.*] entry (or \
+                     `simulators = []` for the baselines only)"
+                ),
+                None => {}
+            }
             BaselineKind::parse_list(&eval.baselines.join(","))
                 .map_err(|e| anyhow::anyhow!("{file}: [eval] baselines: {e}"))?;
             if eval.repeats == 0 {
@@ -457,18 +543,38 @@ impl Pipeline {
         Ok(())
     }
 
-    fn train_model(&self) -> &str {
+    /// `[train] model`, else the predictor.
+    fn train_model(&self) -> Option<&str> {
         self.train
             .as_ref()
             .and_then(|t| t.model.as_deref())
-            .unwrap_or(&self.score.predictor_model)
+            .or_else(|| self.score.as_ref().map(|s| s.predictor_model.as_str()))
     }
 
-    fn eval_model(&self) -> &str {
+    /// `[eval] model`, else the trained model, else the predictor.
+    fn eval_model(&self) -> Option<&str> {
         self.eval
             .as_ref()
             .and_then(|e| e.model.as_deref())
-            .unwrap_or_else(|| self.train_model())
+            .or_else(|| self.train_model())
+    }
+
+    /// SFT trains on `hint/sft.jsonl`.
+    fn trains_on_hints(&self) -> bool {
+        self.train
+            .as_ref()
+            .and_then(|t| t.sft.as_ref())
+            .is_some_and(|s| s.data == Some(SftData::Hint))
+    }
+
+    /// The folder the eval stage reads its scenes from: the hinted ones with `[hint]`.
+    fn eval_scenes_dir(&self) -> PathBuf {
+        let folder = if self.hint.is_some() {
+            "hint"
+        } else {
+            "scenes"
+        };
+        self.run_dir.join(folder)
     }
 
     fn trains(&self, stage: SimulatorName) -> bool {
@@ -497,36 +603,47 @@ impl Pipeline {
         self.run_dir.join("train").join(stage.label())
     }
 
-    fn scenes_file(&self) -> PathBuf {
-        let name = match self.rationales.scenes {
+    fn scenes_file(&self, rationales: &RationalesSection) -> PathBuf {
+        let name = match rationales.scenes {
             SceneSplit::Train => "scenes.train.jsonl",
             SceneSplit::Eval => "scenes.eval.jsonl",
         };
         self.run_dir.join("scenes").join(name)
     }
 
+    /// The rationale and score sections, when the pipeline distills.
+    fn distillation(&self) -> Option<(&RationalesSection, &ScoreSection)> {
+        self.rationales.as_ref().zip(self.score.as_ref())
+    }
+}
+
+impl RationalesSection {
     fn generate_config(&self, role: Role) -> GenerateConfig {
-        let section = &self.rationales;
         let temperature = match role {
-            Role::Strong => section.strong_temperature,
-            Role::Weak => section.weak_temperature,
+            Role::Strong => self.strong_temperature,
+            Role::Weak => self.weak_temperature,
         }
-        .unwrap_or(section.temperature);
+        .unwrap_or(self.temperature);
         GenerateConfig {
-            n: section.n,
+            n: self.n,
             temperature,
-            top_p: section.top_p,
-            max_tokens: section.max_tokens,
-            seed: section.seed,
+            top_p: self.top_p,
+            max_tokens: self.max_tokens,
+            seed: self.seed,
             ..GenerateConfig::default()
         }
     }
 
     fn model_of(&self, role: Role) -> &str {
         match role {
-            Role::Strong => &self.rationales.strong_model,
-            Role::Weak => &self.rationales.weak_model,
+            Role::Strong => &self.strong_model,
+            Role::Weak => &self.weak_model,
         }
+    }
+
+    /// What picks the scenes the LLM stages read.
+    fn selection(&self) -> (&SceneSplit, Option<usize>) {
+        (&self.scenes, self.max_scenes)
     }
 }
 
@@ -649,7 +766,10 @@ impl<'a> Runner<'a> {
         self.selected.as_ref().is_none_or(|s| s.contains(&stage))
     }
 
-    fn train_and_eval(&mut self) -> anyhow::Result<()> {
+    fn hint_train_and_eval(&mut self) -> anyhow::Result<()> {
+        if self.wants(StageName::Hint) {
+            self.hint_stage()?;
+        }
         if self.wants(StageName::Train) {
             self.train_stage(SimulatorName::Sft)?;
             self.train_stage(SimulatorName::Dpo)?;
@@ -725,11 +845,11 @@ impl<'a> Runner<'a> {
     }
 
     /// The scenes the LLM stages work on: the configured file, its first `max_scenes`.
-    fn stage_scenes(&self) -> anyhow::Result<Vec<SceneRecord>> {
-        let path = self.pipeline.scenes_file();
+    fn stage_scenes(&self, rationales: &RationalesSection) -> anyhow::Result<Vec<SceneRecord>> {
+        let path = self.pipeline.scenes_file(rationales);
         let mut scenes = read_scenes(&path)
             .with_context(|| format!("reading {} (run the scenes stage first)", path.display()))?;
-        if let Some(max) = self.pipeline.rationales.max_scenes {
+        if let Some(max) = rationales.max_scenes {
             scenes.truncate(max);
         }
         Ok(scenes)
@@ -766,21 +886,28 @@ impl<'a> Runner<'a> {
 
     fn rationales_stage(&mut self, role: Role, shard: Option<Shard>) -> anyhow::Result<()> {
         let p = self.pipeline;
+        let Some((section, _)) = p.distillation() else {
+            return Ok(());
+        };
         let file = format!("rationales.{}.jsonl", role.name());
         let (key, out) = output_names(&p.run_dir, &file, shard);
-        let config = p.generate_config(role);
-        let model_name = p.model_of(role).to_owned();
+        let config = section.generate_config(role);
+        let model_name = section.model_of(role).to_owned();
         let identity = self.model_fingerprint(&model_name)?;
-        let selection = (&p.rationales.scenes, p.rationales.max_scenes);
         let fingerprint = self.fingerprint(
-            &(&config, &identity, selection, shard.map(|s| s.to_string())),
-            &[p.scenes_file()],
+            &(
+                &config,
+                &identity,
+                section.selection(),
+                shard.map(|s| s.to_string()),
+            ),
+            &[p.scenes_file(section)],
         )?;
         if self.up_to_date(&key, &fingerprint, std::slice::from_ref(&out)) {
             println!("{key}: up to date");
             return Ok(());
         }
-        let scenes = in_shard(self.stage_scenes()?, shard);
+        let scenes = in_shard(self.stage_scenes(section)?, shard);
         let entry = p.models.get(&model_name).context("model entry missing")?;
         self.journal()?;
         let backend = self.models.get(&model_name, entry)?;
@@ -803,6 +930,9 @@ impl<'a> Runner<'a> {
 
     fn score_stage(&mut self, shard: Option<Shard>) -> anyhow::Result<()> {
         let p = self.pipeline;
+        let Some((section, score)) = p.distillation() else {
+            return Ok(());
+        };
         let (key, out) = output_names(&p.run_dir, "scores.jsonl", shard);
         let rationale_files: Vec<PathBuf> = [Role::Strong, Role::Weak]
             .iter()
@@ -816,23 +946,27 @@ impl<'a> Runner<'a> {
             })
             .collect();
         let config = ScoreConfig {
-            seed: p.score.seed,
+            seed: score.seed,
             ..ScoreConfig::default()
         };
-        let model_name = p.score.predictor_model.clone();
+        let model_name = score.predictor_model.clone();
         let identity = self.model_fingerprint(&model_name)?;
-        let selection = (&p.rationales.scenes, p.rationales.max_scenes);
-        let mut inputs = vec![p.scenes_file()];
+        let mut inputs = vec![p.scenes_file(section)];
         inputs.extend(rationale_files.iter().cloned());
         let fingerprint = self.fingerprint(
-            &(&config, &identity, selection, shard.map(|s| s.to_string())),
+            &(
+                &config,
+                &identity,
+                section.selection(),
+                shard.map(|s| s.to_string()),
+            ),
             &inputs,
         )?;
         if self.up_to_date(&key, &fingerprint, std::slice::from_ref(&out)) {
             println!("{key}: up to date");
             return Ok(());
         }
-        let scenes = in_shard(self.stage_scenes()?, shard);
+        let scenes = in_shard(self.stage_scenes(section)?, shard);
         let rationales = read_rationales(&rationale_files)?;
         let entry = p.models.get(&model_name).context("model entry missing")?;
         self.journal()?;
@@ -856,6 +990,9 @@ impl<'a> Runner<'a> {
 
     fn distill_stage(&mut self) -> anyhow::Result<()> {
         let p = self.pipeline;
+        let Some((section, _)) = p.distillation() else {
+            return Ok(());
+        };
         let dir = p.run_dir.join("distill");
         let paths = DistillPaths::in_dir(&dir);
         let outputs = [
@@ -870,15 +1007,14 @@ impl<'a> Runner<'a> {
             p.run_dir.join("rationales.weak.jsonl"),
         ];
         let scores_path = p.run_dir.join("scores.jsonl");
-        let mut inputs = vec![p.scenes_file(), scores_path.clone()];
+        let mut inputs = vec![p.scenes_file(section), scores_path.clone()];
         inputs.extend(rationale_files.iter().cloned());
-        let selection = (&p.rationales.scenes, p.rationales.max_scenes);
-        let fingerprint = self.fingerprint(&(&p.distill, selection), &inputs)?;
+        let fingerprint = self.fingerprint(&(&p.distill, section.selection()), &inputs)?;
         if self.up_to_date("distill", &fingerprint, &outputs) {
             println!("distill: up to date");
             return Ok(());
         }
-        let scenes = self.stage_scenes()?;
+        let scenes = self.stage_scenes(section)?;
         let scores: Vec<ScoreRecord> = read_jsonl(&scores_path, "score")?;
         let rationales: Vec<RationaleRecord> = read_rationales(&rationale_files)?;
         let output = distill(&scenes, &scores, &rationales, &p.distill)?;
@@ -903,7 +1039,13 @@ impl<'a> Runner<'a> {
             bail!("--merge-shards needs at least 1 shard");
         }
         let p = self.pipeline;
-        let scenes = self.stage_scenes()?;
+        let Some((section, score)) = p.distillation() else {
+            bail!(
+                "--merge-shards merges the LLM stages' shard files, and this pipeline has no \
+                 [rationales] and [score]"
+            );
+        };
+        let scenes = self.stage_scenes(section)?;
         self.adopt_shard_scenes_fingerprint(count)?;
         for role in [Role::Strong, Role::Weak] {
             let file = format!("rationales.{}.jsonl", role.name());
@@ -920,25 +1062,30 @@ impl<'a> Runner<'a> {
             merge_shard_files::<ScoreRecord>(&p.run_dir, "scores.jsonl", count, &scenes, "score")?;
         println!("merged {count} shards → {}", out.display());
 
-        let selection = (&p.rationales.scenes, p.rationales.max_scenes);
+        let selection = section.selection();
         let no_shard: Option<String> = None;
         for role in [Role::Strong, Role::Weak] {
-            let identity = self.model_fingerprint(p.model_of(role))?;
+            let identity = self.model_fingerprint(section.model_of(role))?;
             let fingerprint = self.fingerprint(
-                &(&p.generate_config(role), &identity, selection, &no_shard),
-                &[p.scenes_file()],
+                &(
+                    &section.generate_config(role),
+                    &identity,
+                    selection,
+                    &no_shard,
+                ),
+                &[p.scenes_file(section)],
             )?;
             self.mark_done(&format!("rationales.{}", role.name()), fingerprint)?;
         }
-        let identity = self.model_fingerprint(&p.score.predictor_model)?;
+        let identity = self.model_fingerprint(&score.predictor_model)?;
         let config = ScoreConfig {
-            seed: p.score.seed,
+            seed: score.seed,
             ..ScoreConfig::default()
         };
         let fingerprint = self.fingerprint(
             &(&config, &identity, selection, &no_shard),
             &[
-                p.scenes_file(),
+                p.scenes_file(section),
                 p.run_dir.join("rationales.strong.jsonl"),
                 p.run_dir.join("rationales.weak.jsonl"),
             ],
@@ -948,6 +1095,56 @@ impl<'a> Runner<'a> {
 }
 
 impl Runner<'_> {
+    /// `RUN/hint/`: the scenes with the `[hint]` priors' picks in their prompts and
+    /// `hint.json`, as `mirrorsim hint` writes them, and with `[train.sft] data = "hint"` the
+    /// behaviour-only SFT examples `sft.jsonl`.
+    fn hint_stage(&mut self) -> anyhow::Result<()> {
+        let p = self.pipeline;
+        let Some(section) = &p.hint else {
+            return Ok(());
+        };
+        let scenes_dir = p.run_dir.join("scenes");
+        let dir = p.run_dir.join("hint");
+        let sft_examples = p
+            .trains_on_hints()
+            .then(|| section.sft_examples.unwrap_or(usize::MAX));
+        let spec: SourceSpec = p.source.spec.parse()?;
+        let mut outputs = vec![dir.join("hint.json"), dir.join("scenes.summary.json")];
+        outputs.extend(sft_examples.map(|_| dir.join("sft.jsonl")));
+        let fingerprint = self.fingerprint(
+            &(section, sft_examples, &p.source),
+            &[scenes_dir.clone(), spec.path.clone()],
+        )?;
+        if self.up_to_date("hint", &fingerprint, &outputs) {
+            println!("hint: up to date");
+            return Ok(());
+        }
+        let options = ReadOptions {
+            skip_bad_rows: p.source.skip_bad_rows,
+        };
+        let (catalog, _) =
+            read_source(&spec, &options).with_context(|| format!("reading {spec}"))?;
+        let report = hint_folder(&HintJob {
+            scenes: &scenes_dir,
+            catalog: &catalog,
+            catalog_spec: p.source.spec.clone(),
+            priors: &section.priors,
+            config: section.baseline.clone(),
+            train_fraction: section.train_fraction,
+            sft_examples,
+            out: &dir,
+        })
+        .context("the hint stage")?;
+        println!(
+            "hint: the {} prior's picks in the prompts ({:.1} s) → {}",
+            super::eval::prior_names(&section.priors),
+            report.seconds,
+            dir.display()
+        );
+        print_hint_summary(&report);
+        self.mark_done("hint", fingerprint)
+    }
+
     /// LoRA training of `stage` (SFT or DPO) into `RUN/train/<stage>`. A stage killed midway
     /// goes on from its latest checkpoint when its fingerprint is unchanged; with a changed one
     /// its folder is cleared and it trains from the start.
@@ -971,11 +1168,12 @@ impl Runner<'_> {
             (true, _) => distill.dpo,
             (false, SftData::Sft) => distill.sft,
             (false, SftData::Direct) => distill.direct,
+            (false, SftData::Hint) => p.run_dir.join("hint").join("sft.jsonl"),
         };
         let start_adapter =
             (is_dpo && train.sft.is_some()).then(|| p.train_dir(SimulatorName::Sft));
         let config = section.config();
-        let model_name = p.train_model();
+        let model_name = p.train_model().context("[train] names no model")?;
         let identity = self.model_fingerprint(model_name)?;
         let ModelIdentity::Local(model_path) = identity.clone() else {
             bail!("[train] model = {model_name:?} is not a local model");
@@ -1051,12 +1249,15 @@ impl Runner<'_> {
             return Ok(());
         };
         let dir = p.run_dir.join("eval");
-        let scenes_dir = p.run_dir.join("scenes");
+        let scenes_dir = p.eval_scenes_dir();
         let scenes_path = scenes_dir.join("scenes.eval.jsonl");
         let simulators = p.eval_simulators();
         let kinds = BaselineKind::parse_list(&section.baselines.join(","))?;
-        let model_name = p.eval_model().to_owned();
-        let identity = self.model_fingerprint(&model_name)?;
+        let model_name = p.eval_model().map(str::to_owned);
+        let identity = model_name
+            .as_deref()
+            .map(|name| self.model_fingerprint(name))
+            .transpose()?;
         let spec: SourceSpec = p.source.spec.parse()?;
         let mut inputs = vec![scenes_path.clone(), scenes_dir.join("scenes.summary.json")];
         for &simulator in &simulators {
@@ -1109,12 +1310,16 @@ impl Runner<'_> {
             rationale_tokens: section.rationale_tokens,
             ..SimulatorConfig::default()
         };
-        let entry = p
-            .models
-            .get(&model_name)
-            .with_context(|| format!("no [models.{model_name}] entry"))?;
-        let ModelIdentity::Local(model_path) = &identity else {
-            bail!("[eval] model = {model_name:?} is not a local model");
+        let simulator_model = match (&model_name, &identity) {
+            (Some(name), Some(ModelIdentity::Local(path))) => {
+                let entry = p
+                    .models
+                    .get(name)
+                    .with_context(|| format!("no [models.{name}] entry"))?;
+                Some((name.as_str(), entry, path))
+            }
+            (Some(name), _) => bail!("[eval] model = {name:?} is not a local model"),
+            (None, _) => None,
         };
         let mut timings = BTreeMap::new();
         let mut notes = Vec::new();
@@ -1124,11 +1329,17 @@ impl Runner<'_> {
         let (mut hits, mut misses) = (0, 0);
         self.journal()?;
         for &simulator in &simulators {
+            let Some((model_name, entry, model_path)) = simulator_model else {
+                bail!(
+                    "[eval] names no model for the {} simulator",
+                    simulator.label()
+                );
+            };
             let name = format!("{} ({})", simulator.label(), section.mode.name());
             let started = Instant::now();
             let adapter_engine;
             let backend: &dyn Backend = match simulator {
-                SimulatorName::Base => self.models.get(&model_name, entry)?,
+                SimulatorName::Base => self.models.get(model_name, entry)?,
                 SimulatorName::Sft | SimulatorName::Dpo => {
                     let adapter = p.train_dir(simulator);
                     eprintln!(
@@ -1220,6 +1431,14 @@ impl Runner<'_> {
                 "baselines_score".to_owned(),
                 started.elapsed().as_secs_f64(),
             );
+        }
+        if let Some(hint) = &p.hint {
+            notes.push(format!(
+                "the eval prompts carry the picks of the {} prior (fitted before the cutoff), \
+                 written by the hint stage into {}",
+                super::eval::prior_names(&hint.priors),
+                scenes_dir.display()
+            ));
         }
         notes.extend(coverage_notes(&scenes, section.agent4rec, false));
         let metrics = MetricsFile {
@@ -1360,7 +1579,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(count) = args.merge_shards {
         runner.merge(count)?;
         runner.distill_stage()?;
-        runner.train_and_eval()?;
+        runner.hint_train_and_eval()?;
         println!("run directory {}", pipeline.run_dir.display());
         return Ok(());
     }
@@ -1385,7 +1604,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     if args.shard.is_none() {
-        runner.train_and_eval()?;
+        runner.hint_train_and_eval()?;
     } else if pipeline.train.is_some() || pipeline.eval.is_some() {
         println!("train, eval: wait for the merge");
     }
@@ -1407,9 +1626,13 @@ mod tests {
     fn shipped_configs_parse_and_resolve_paths_against_their_folder() {
         let demo = Pipeline::load(&shipped_config("demo.toml")).unwrap();
         assert!(demo.run_dir.ends_with("configs/../runs/demo-pipeline"));
-        assert_eq!(demo.rationales.max_scenes, Some(8));
-        assert_eq!(demo.generate_config(Role::Strong).temperature, 0.7);
-        assert_eq!(demo.generate_config(Role::Weak).temperature, 1.3);
+        let (demo_rationales, _) = demo.distillation().unwrap();
+        assert_eq!(demo_rationales.max_scenes, Some(8));
+        assert_eq!(
+            demo_rationales.generate_config(Role::Strong).temperature,
+            0.7
+        );
+        assert_eq!(demo_rationales.generate_config(Role::Weak).temperature, 1.3);
         let spec: SourceSpec = demo.source.spec.parse().unwrap();
         assert!(
             spec.path.join("ratings.csv").exists(),
@@ -1419,7 +1642,8 @@ mod tests {
 
         let ml1m = Pipeline::load(&shipped_config("movielens-1m.toml")).unwrap();
         assert_eq!(ml1m.scenes.eval_options, 5);
-        assert_eq!(ml1m.rationales.n, 10);
+        let (ml1m_rationales, ml1m_score) = ml1m.distillation().unwrap();
+        assert_eq!(ml1m_rationales.n, 10);
         assert_eq!(ml1m.distill.top_k, 10_000);
         // A bounded candidate pool larger than the budget, not every eligible decision.
         assert_eq!(ml1m.scenes.max_train_scenes, Some(30_000));
@@ -1429,13 +1653,13 @@ mod tests {
             "{}",
             spec.path.display()
         );
-        let strong = &ml1m.models[&ml1m.rationales.strong_model];
+        let strong = &ml1m.models[&ml1m_rationales.strong_model];
         assert!(strong
             .path
             .as_ref()
             .unwrap()
             .ends_with("models/Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"));
-        assert_eq!(ml1m.rationales.weak_model, ml1m.score.predictor_model);
+        assert_eq!(ml1m_rationales.weak_model, ml1m_score.predictor_model);
 
         for pipeline in [&demo, &ml1m] {
             let train = pipeline.train.as_ref().unwrap();
@@ -1444,7 +1668,9 @@ mod tests {
                 pipeline.eval_simulators(),
                 [SimulatorName::Base, SimulatorName::Sft, SimulatorName::Dpo]
             );
-            assert_eq!(pipeline.eval_model(), "smollm2");
+            assert_eq!(pipeline.eval_model(), Some("smollm2"));
+            assert!(pipeline.hint.is_none());
+            assert_eq!(pipeline.eval_scenes_dir(), pipeline.run_dir.join("scenes"));
             assert_eq!(
                 pipeline.train_dir(SimulatorName::Dpo),
                 pipeline.run_dir.join("train/dpo")
@@ -1468,6 +1694,95 @@ mod tests {
         );
         assert_eq!(ml1m_dpo.lora, LoraConfig::default());
         assert!(ml1m.eval.as_ref().unwrap().max_scenes.unwrap() >= 500);
+
+        // Scenes → hint → SFT on the hinted scenes → eval on the hinted eval scenes, with no
+        // LLM stage before training.
+        let hinted = Pipeline::load(&shipped_config("movielens-1m-hinted.toml")).unwrap();
+        assert!(hinted.distillation().is_none());
+        let hint = hinted.hint.as_ref().unwrap();
+        assert_eq!(hint.priors, [BaselineKind::Ease, BaselineKind::Sequential]);
+        assert_eq!(hint.sft_examples, Some(1000));
+        assert!(hinted.trains_on_hints());
+        assert_eq!(hinted.eval_scenes_dir(), hinted.run_dir.join("hint"));
+        assert_eq!(
+            hinted.eval_simulators(),
+            [SimulatorName::Base, SimulatorName::Sft]
+        );
+        assert_eq!(hinted.scenes.max_eval_scenes, Some(500));
+    }
+
+    #[test]
+    fn a_pipeline_without_llm_stages_is_checked() {
+        let hinted = std::fs::read_to_string(shipped_config("movielens-1m-hinted.toml")).unwrap();
+        let load = |text: String| -> anyhow::Result<Pipeline> {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("edited.toml");
+            std::fs::write(&path, text).unwrap();
+            Pipeline::load(&path)
+        };
+        let cases: [(&str, &str, &str); 6] = [
+            (
+                "priors = [\"ease\", \"sequential\"]",
+                "priors = [\"random\"]",
+                "[hint] priors",
+            ),
+            (
+                "priors = [\"ease\", \"sequential\"]",
+                "priors = []",
+                "[hint] priors",
+            ),
+            (
+                "train_fraction = 0.1",
+                "train_fraction = 0.0",
+                "train_fraction must be in (0, 1]",
+            ),
+            (
+                "data = \"hint\"",
+                "data = \"direct\"",
+                "need [rationales] and [score]",
+            ),
+            (
+                "[train]\nmodel = \"smollm2\"",
+                "[train]",
+                "[train] needs `model",
+            ),
+            (
+                "[models.smollm2]",
+                "[score]\npredictor_model = \"smollm2\"\n\n[models.smollm2]",
+                "[score] without [rationales]",
+            ),
+        ];
+        for (from, to, expected) in cases {
+            assert!(hinted.contains(from), "{from}");
+            let error = load(hinted.replacen(from, to, 1)).unwrap_err();
+            let message = format!("{error:#}");
+            assert!(message.contains(expected), "{expected}: {message}");
+            assert!(message.contains("edited.toml"), "{message}");
+        }
+        // Without [hint], SFT cannot train on the hinted scenes.
+        let start = hinted.find("# Each prior's pick").unwrap();
+        let end = hinted.find("[train]\n").unwrap();
+        let error = load(format!("{}{}", &hinted[..start], &hinted[end..])).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("data = \"hint\" needs a [hint] section"),
+            "{error:#}"
+        );
+        // The baselines alone need no model.
+        let baselines_only = load(
+            hinted[..hinted.find("[train]\n").unwrap()].to_owned()
+                + "[eval]\nsimulators = []\nbaselines = [\"ease\"]\n",
+        )
+        .unwrap();
+        assert_eq!(baselines_only.eval_model(), None);
+        assert!(baselines_only.eval_simulators().is_empty());
+        let error = load(
+            hinted[..hinted.find("[train]\n").unwrap()].to_owned() + "[eval]\nbaselines = []\n",
+        )
+        .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("[eval] needs `model"),
+            "{error:#}"
+        );
     }
 
     /// The demo pipeline with `edit` applied to its text, loaded from a temporary folder.
