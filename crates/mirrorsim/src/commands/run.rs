@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::Args;
 use mirrorsim_data::scenes::{build_scenes, write_scenes, SceneConfig, SceneRecord};
-use mirrorsim_data::{read_source, ReadOptions, SourceSpec};
+use mirrorsim_data::{read_source, Catalog, ReadOptions, SourceSpec};
 use mirrorsim_distill::records::{read_jsonl, write_jsonl};
 use mirrorsim_distill::stages::{
     read_rationales, read_scenes, BackendMeter, DistillPaths, MeteredBackend,
@@ -611,6 +611,16 @@ impl Pipeline {
         self.run_dir.join("scenes").join(name)
     }
 
+    /// The `[source]` dataset, read as `[source] skip_bad_rows` says.
+    fn read_catalog(&self, spec: &SourceSpec) -> anyhow::Result<Catalog> {
+        let options = ReadOptions {
+            skip_bad_rows: self.source.skip_bad_rows,
+        };
+        let (catalog, _) =
+            read_source(spec, &options).with_context(|| format!("reading {spec}"))?;
+        Ok(catalog)
+    }
+
     /// The rationale and score sections, when the pipeline distills.
     fn distillation(&self) -> Option<(&RationalesSection, &ScoreSection)> {
         self.rationales.as_ref().zip(self.score.as_ref())
@@ -828,11 +838,7 @@ impl<'a> Runner<'a> {
             println!("scenes: up to date");
             return Ok(());
         }
-        let options = ReadOptions {
-            skip_bad_rows: p.source.skip_bad_rows,
-        };
-        let (catalog, _) =
-            read_source(&spec, &options).with_context(|| format!("reading {spec}"))?;
+        let catalog = p.read_catalog(&spec)?;
         let set = build_scenes(&catalog, &p.scenes)?;
         write_scenes(&dir, &set)?;
         println!(
@@ -1119,11 +1125,7 @@ impl Runner<'_> {
             println!("hint: up to date");
             return Ok(());
         }
-        let options = ReadOptions {
-            skip_bad_rows: p.source.skip_bad_rows,
-        };
-        let (catalog, _) =
-            read_source(&spec, &options).with_context(|| format!("reading {spec}"))?;
+        let catalog = p.read_catalog(&spec)?;
         let report = hint_folder(&HintJob {
             scenes: &scenes_dir,
             catalog: &catalog,
@@ -1400,11 +1402,7 @@ impl Runner<'_> {
         let mut interactions_before_cutoff = None;
         if !kinds.is_empty() {
             let started = Instant::now();
-            let options = ReadOptions {
-                skip_bad_rows: p.source.skip_bad_rows,
-            };
-            let (catalog, _) =
-                read_source(&spec, &options).with_context(|| format!("reading {spec}"))?;
+            let catalog = p.read_catalog(&spec)?;
             timings.insert("catalog_read".to_owned(), started.elapsed().as_secs_f64());
             let started = Instant::now();
             let fitted = FittedBaselines::fit(
